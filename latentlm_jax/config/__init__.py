@@ -1,0 +1,1 @@
+"""latentlm_jax.config."""

@@ -1,0 +1,114 @@
+"""The base config: every field the framework knows, with its default and type.
+
+Config files in ``configs/`` start from :func:`base_config` and change what they need. Validation
+(:mod:`latentlm_jax.config.validate`) rejects any key not present here, so typos fail loudly.
+"""
+
+from __future__ import annotations
+
+import ml_collections as mlc
+
+# (logical axis, mesh axes) - first match wins; see latentlm_jax/parallel/logical.py.
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("vocab", "tensor"),
+    ("layers", None),
+    ("latent", None),
+    ("norm", None),
+    ("conv_in", None),
+    ("conv_out", "tensor"),
+    ("kernel", None),
+    # activations
+    ("act_embed", None),
+    ("act_mlp", "tensor"),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_vocab", "tensor"),
+)
+
+
+def base_config() -> mlc.ConfigDict:
+    c = mlc.ConfigDict()
+    c.name = "run"
+    c.seed = 0
+    # What to train: "lm" (text or multimodal LatentLM), "vae_image", "vae_audio".
+    c.task = "lm"
+
+    # ------------------------------------------------------------------ model
+    m = c.model = mlc.ConfigDict()
+    m.vocab_size = 264  # byte tokenizer: 256 bytes + 8 special tokens
+    m.num_layers = 2
+    m.emb_dim = 64
+    m.num_heads = 4
+    m.num_kv_heads = 2
+    m.head_dim = 16
+    m.mlp_dim = 256
+    m.rope_theta = 10_000.0
+    m.norm_eps = 1e-6
+    m.dtype = "float32"  # compute dtype: float32 | bfloat16
+    m.param_dtype = "float32"
+    m.scan_layers = True
+    m.remat_policy = "none"  # none | full | save_dots
+    m.tie_embeddings = False
+    m.init_std = 0.02
+
+    # ------------------------------------------------------------------ data
+    d = c.data = mlc.ConfigDict()
+    d.source = "shapes_tones_captions"  # shapes_tones_captions | text_files
+    d.text_files = ()  # paths or globs, used when source == text_files
+    d.split = "train"
+    d.seq_len = 128
+    d.tokenizer = "byte"  # byte | sentencepiece
+    d.tokenizer_model = ""  # SentencePiece .model path when tokenizer == sentencepiece
+    d.shuffle = True
+    d.seed = 0
+    d.num_workers = 0  # Grain worker processes; 0 = read in the training process
+    d.prefetch = 2  # batches buffered ahead
+    d.bad_input = "skip"  # skip | error
+
+    # ------------------------------------------------------------------ training
+    t = c.train = mlc.ConfigDict()
+    t.global_batch_size = 8
+    t.num_steps = 100
+    t.grad_accum_steps = 1
+    t.learning_rate = 1e-3
+    t.min_lr_ratio = 0.1  # cosine decays to learning_rate * min_lr_ratio
+    t.warmup_steps = 10
+    t.b1 = 0.9
+    t.b2 = 0.98
+    t.eps = 1e-8
+    t.weight_decay = 0.01
+    t.grad_clip = 1.0
+    t.log_every = 10
+    t.eval_every = 0  # 0 = never
+
+    # ------------------------------------------------------------------ checkpoints
+    k = c.checkpoint = mlc.ConfigDict()
+    k.every_steps = 50
+    k.keep = 3
+    k.async_save = True
+
+    # ------------------------------------------------------------------ mesh & sharding
+    mesh = c.mesh = mlc.ConfigDict()
+    mesh.axes = ("data", "fsdp", "tensor")
+    mesh.ici = mlc.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # -1 = fill
+    mesh.dcn = mlc.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})  # across slices / hosts
+    c.sharding_rules = DEFAULT_RULES
+
+    # ------------------------------------------------------------------ observability
+    o = c.metrics = mlc.ConfigDict()
+    o.peak_tflops_per_device = 0.0  # 0 = measure with a short matmul calibration (CPU)
+
+    # ------------------------------------------------------------------ distributed
+    dist = c.distributed = mlc.ConfigDict()
+    dist.coordinator_address = ""  # host:port; empty = auto (TPU / SLURM) or single process
+    dist.num_processes = 0  # 0 = auto
+    dist.process_id = -1  # -1 = auto
+    dist.cpu_collectives = "gloo"  # for local multi-process CPU runs
+    return c

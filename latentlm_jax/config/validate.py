@@ -1,0 +1,192 @@
+"""Config validation: every check that can fail before anything is compiled.
+
+``check_schema`` compares a config against :func:`base_config` (unknown keys, wrong types);
+``check_values`` checks sizes and divisibility; ``check_mesh`` checks the mesh against the devices.
+Each failure is a :class:`ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import ml_collections as mlc
+
+from latentlm_jax.config.base import base_config
+from latentlm_jax.config.loading import ConfigError
+
+_NUMBER = (int, float)
+
+
+def _type_ok(value: Any, default: Any) -> bool:
+    if default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, _NUMBER) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, tuple | list):
+        return isinstance(value, tuple | list)
+    return isinstance(value, type(default))
+
+
+def check_schema(config: mlc.ConfigDict, schema: mlc.ConfigDict | None = None,
+                 prefix: str = "") -> None:
+    """Unknown keys and wrong types, recursively, against ``schema`` (default: the base config)."""
+    schema = base_config() if schema is None else schema
+    for key in config:
+        field = f"{prefix}{key}"
+        if key not in schema:
+            raise ConfigError(field, "unknown key")
+        value, default = config[key], schema[key]
+        if isinstance(default, mlc.ConfigDict):
+            if not isinstance(value, mlc.ConfigDict):
+                raise ConfigError(field, f"must be a group of fields, got {type(value).__name__}")
+            check_schema(value, default, prefix=f"{field}.")
+        elif not _type_ok(value, default):
+            raise ConfigError(field, f"expected {type(default).__name__}, "
+                                     f"got {type(value).__name__} {value!r}")
+
+
+def _positive(config: mlc.ConfigDict, *fields: str) -> None:
+    for field in fields:
+        node: Any = config
+        for key in field.split("."):
+            node = node[key]
+        if node <= 0:
+            raise ConfigError(field, f"must be positive, got {node}")
+
+
+def _choice(config: mlc.ConfigDict, field: str, choices: tuple[str, ...]) -> None:
+    node: Any = config
+    for key in field.split("."):
+        node = node[key]
+    if node not in choices:
+        raise ConfigError(field, f"must be one of {', '.join(choices)}; got {node!r}")
+
+
+def check_values(config: mlc.ConfigDict) -> None:
+    """Sizes, choices and divisibility that do not depend on the devices."""
+    _choice(config, "task", ("lm", "vae_image", "vae_audio"))
+    m = config.model
+    _positive(config, "model.vocab_size", "model.num_layers", "model.emb_dim", "model.num_heads",
+              "model.num_kv_heads", "model.head_dim", "model.mlp_dim", "model.rope_theta",
+              "model.norm_eps", "model.init_std")
+    if m.num_heads % m.num_kv_heads:
+        raise ConfigError("model.num_heads", f"{m.num_heads} heads are not divisible by "
+                                             f"num_kv_heads={m.num_kv_heads}")
+    if m.head_dim % 2:
+        raise ConfigError("model.head_dim", f"must be even for RoPE, got {m.head_dim}")
+    _choice(config, "model.dtype", ("float32", "bfloat16"))
+    _choice(config, "model.param_dtype", ("float32",))
+    _choice(config, "model.remat_policy", ("none", "full", "save_dots"))
+
+    _positive(config, "data.seq_len", "data.prefetch")
+    _choice(config, "data.tokenizer", ("byte", "sentencepiece"))
+    _choice(config, "data.bad_input", ("skip", "error"))
+    if config.data.num_workers < 0:
+        raise ConfigError("data.num_workers", f"must be ≥ 0, got {config.data.num_workers}")
+    if config.data.tokenizer == "sentencepiece" and not config.data.tokenizer_model:
+        raise ConfigError("data.tokenizer_model", "required when data.tokenizer=sentencepiece")
+
+    t = config.train
+    _positive(config, "train.global_batch_size", "train.num_steps", "train.grad_accum_steps",
+              "train.learning_rate", "train.log_every")
+    for field in ("warmup_steps", "eval_every"):
+        if t[field] < 0:
+            raise ConfigError(f"train.{field}", f"must be ≥ 0, got {t[field]}")
+    if not 0.0 <= t.min_lr_ratio <= 1.0:
+        raise ConfigError("train.min_lr_ratio", f"must be in [0, 1], got {t.min_lr_ratio}")
+    if not (0.0 <= t.b1 < 1.0 and 0.0 <= t.b2 < 1.0):
+        raise ConfigError("train.b1", "Adam betas must be in [0, 1)")
+    if t.grad_clip < 0 or t.weight_decay < 0:
+        raise ConfigError("train.grad_clip", "grad_clip and weight_decay must be ≥ 0")
+    if t.global_batch_size % t.grad_accum_steps:
+        raise ConfigError("train.grad_accum_steps",
+                          f"global_batch_size={t.global_batch_size} is not divisible by "
+                          f"grad_accum_steps={t.grad_accum_steps}")
+    _positive(config, "checkpoint.every_steps", "checkpoint.keep")
+    if config.metrics.peak_tflops_per_device < 0:
+        raise ConfigError("metrics.peak_tflops_per_device", "must be ≥ 0 (0 = calibrate)")
+
+    axes = tuple(config.mesh.axes)
+    for level in ("ici", "dcn"):
+        for axis in config.mesh[level]:
+            if axis not in axes:
+                raise ConfigError(f"mesh.{level}.{axis}", f"not one of mesh.axes {axes}")
+        for axis in axes:
+            if axis not in config.mesh[level]:
+                raise ConfigError(f"mesh.{level}.{axis}", "missing (give 1 for unused axes)")
+            size = config.mesh[level][axis]
+            if size == 0 or size < -1:
+                raise ConfigError(f"mesh.{level}.{axis}", f"must be positive or -1, got {size}")
+        if sum(1 for a in axes if config.mesh[level][a] == -1) > 1:
+            raise ConfigError(f"mesh.{level}", "at most one axis may be -1 (fill)")
+    for i, rule in enumerate(config.sharding_rules):
+        if len(rule) != 2 or not isinstance(rule[0], str):
+            raise ConfigError(f"sharding_rules[{i}]",
+                              f"must be (logical_name, mesh_axes), got {rule}")
+        mesh_axes = rule[1] if isinstance(rule[1], tuple | list) else (rule[1],)
+        for a in mesh_axes:
+            if a is not None and a not in axes:
+                raise ConfigError(f"sharding_rules[{i}]",
+                                  f"mesh axis {a!r} not in mesh.axes {axes}")
+
+
+def resolve_mesh(config: mlc.ConfigDict, num_devices: int, num_slices: int = 1
+                 ) -> tuple[dict[str, int], dict[str, int]]:
+    """Fills ``-1`` axes and checks that ICI × DCN sizes multiply to the device count."""
+    axes = tuple(config.mesh.axes)
+    if num_devices % num_slices:
+        raise ConfigError("mesh", f"{num_devices} devices do not split into {num_slices} slices")
+    per_slice = num_devices // num_slices
+    out = []
+    for level, total in (("ici", per_slice), ("dcn", num_slices)):
+        sizes = {a: int(config.mesh[level][a]) for a in axes}
+        known = math.prod(s for s in sizes.values() if s != -1)
+        fill = [a for a, s in sizes.items() if s == -1]
+        if fill:
+            if total % known:
+                raise ConfigError(f"mesh.{level}.{fill[0]}",
+                                  f"cannot fill: {total} devices not divisible by {known}")
+            sizes[fill[0]] = total // known
+        if math.prod(sizes.values()) != total:
+            shape = " × ".join(f"{a}={s}" for a, s in sizes.items())
+            what = "devices per slice" if level == "ici" else "slices"
+            raise ConfigError(f"mesh.{level}", f"{shape} = {math.prod(sizes.values())} but "
+                                               f"there are {total} {what}")
+        out.append(sizes)
+    return out[0], out[1]
+
+
+def data_parallel_size(ici: dict[str, int], dcn: dict[str, int]) -> int:
+    """Devices that split the batch: the product of the mesh axes named by the "batch" rule."""
+    return math.prod(ici.get(a, 1) * dcn.get(a, 1) for a in ("data", "fsdp"))
+
+
+def check_mesh(config: mlc.ConfigDict, num_devices: int, num_slices: int = 1
+               ) -> tuple[dict[str, int], dict[str, int]]:
+    ici, dcn = resolve_mesh(config, num_devices, num_slices)
+    dp = data_parallel_size(ici, dcn)
+    micro = config.train.global_batch_size // config.train.grad_accum_steps
+    if micro % dp:
+        raise ConfigError("train.global_batch_size",
+                          f"{config.train.global_batch_size} (per micro-step {micro}) is not "
+                          f"divisible by the data-parallel size {dp} (data × fsdp)")
+    m = config.model
+    tensor = ici.get("tensor", 1) * dcn.get("tensor", 1)
+    if config.task == "lm" and m.num_kv_heads % tensor and m.num_heads % tensor:
+        raise ConfigError("model.num_heads", f"neither num_heads={m.num_heads} nor num_kv_heads="
+                                             f"{m.num_kv_heads} divide over tensor={tensor}")
+    return ici, dcn
+
+
+def validate(config: mlc.ConfigDict, num_devices: int | None = None,
+             num_slices: int = 1) -> None:
+    """All checks; the mesh check only when ``num_devices`` is given."""
+    check_schema(config)
+    check_values(config)
+    if num_devices is not None:
+        check_mesh(config, num_devices, num_slices)

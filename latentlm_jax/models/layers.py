@@ -1,0 +1,175 @@
+"""Transformer building blocks: RMSNorm, RoPE, grouped-query attention, SwiGLU, embeddings.
+
+All parameters are float32 (``param_dtype``) with logical axis names; computation runs in ``dtype``
+(float32 or bfloat16). Norms, softmax and RoPE angles are computed in float32. No biases anywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from latentlm_jax.parallel.logical import constrain, param
+
+_NEG_INF = -1e30  # large finite negative: fully-masked rows stay NaN-free
+
+
+def normal_init(std: float):
+    return nnx.initializers.normal(stddev=std)
+
+
+class RMSNorm(nnx.Module):
+    """y = x / sqrt(mean(x²) + eps) * scale, computed in float32."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-6, dtype: Any = jnp.float32,
+                 rngs: nnx.Rngs):
+        self.eps = eps
+        self.dtype = dtype
+        self.scale = param(nnx.initializers.ones, rngs.params(), (dim,), ("norm",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * self.scale[...]).astype(self.dtype)
+
+
+class Embed(nnx.Module):
+    """Token embedding table [vocab, embed]; ``attend`` gives tied output logits."""
+
+    def __init__(self, vocab: int, dim: int, *, init_std: float = 0.02, dtype: Any = jnp.float32,
+                 rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.embedding = param(normal_init(init_std), rngs.params(), (vocab, dim),
+                               ("vocab", "embed"))
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        return jnp.einsum("ble,ve->blv", x, self.embedding[...].astype(self.dtype))
+
+
+class Dense(nnx.Module):
+    """A bias-free linear map ``x[..., in] @ W[in, out]`` with logical names on W."""
+
+    def __init__(self, in_dim: int, out_dim: int, names: tuple[str, str], *,
+                 init_std: float = 0.02, dtype: Any = jnp.float32, rngs: nnx.Rngs,
+                 zero_init: bool = False):
+        self.dtype = dtype
+        init = nnx.initializers.zeros if zero_init else normal_init(init_std)
+        self.kernel = param(init, rngs.params(), (in_dim, out_dim), names)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+
+
+def rope_angles(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos/sin of RoPE angles, [..., head_dim // 2], float32."""
+    half = head_dim // 2
+    inv_freq = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) * 2.0 / head_dim))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding on x [B, L, H, D] at integer positions [B, L].
+
+    "Rotate-half" layout: dims (i, i + D/2) form the rotated pair with frequency theta^(-2i/D).
+    """
+    cos, sin = rope_angles(positions, x.shape[-1], theta)
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def attention_mask(q_segment: jax.Array, kv_segment: jax.Array, q_pos: jax.Array,
+                   kv_pos: jax.Array, causal: bool = True) -> jax.Array:
+    """[B, 1, Lq, Lk] boolean mask: same non-padding segment and, if causal, key index ≤ query
+    index.
+
+    ``q_pos``/``kv_pos`` are indices in the row (or cache), not per-document positions.
+    """
+    same = (q_segment[:, :, None] == kv_segment[:, None, :]) & (kv_segment[:, None, :] > 0)
+    if causal:
+        same = same & (kv_pos[:, None, :] <= q_pos[:, :, None])
+    return same[:, None, :, :]
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention. q [B, Lq, H, D]; k, v [B, Lk, K, D] with H % K == 0; mask
+    [B, 1, Lq, Lk]. Softmax in float32; returns [B, Lq, H, D] in q's dtype."""
+    b, lq, h, d = q.shape
+    kh = k.shape[2]
+    g = h // kh
+    qg = q.reshape(b, lq, kh, g, d)
+    scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k).astype(jnp.float32) / jnp.sqrt(d).astype(
+        jnp.float32)
+    scores = jnp.where(mask[:, :, None, :, :], scores, _NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = jnp.where(mask[:, :, None, :, :], probs, 0.0).astype(v.dtype)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
+    return out.reshape(b, lq, h, d)
+
+
+class Attention(nnx.Module):
+    """Multi-head attention with grouped KV heads, RoPE, no biases."""
+
+    def __init__(self, emb_dim: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
+                 rope_theta: float, init_std: float, dtype: Any, rngs: nnx.Rngs):
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.rope_theta, self.dtype = rope_theta, dtype
+        init = normal_init(init_std)
+        self.q = param(init, rngs.params(), (emb_dim, num_heads, head_dim),
+                       ("embed", "heads", "head_dim"))
+        self.k = param(init, rngs.params(), (emb_dim, num_kv_heads, head_dim),
+                       ("embed", "kv_heads", "head_dim"))
+        self.v = param(init, rngs.params(), (emb_dim, num_kv_heads, head_dim),
+                       ("embed", "kv_heads", "head_dim"))
+        self.o = param(init, rngs.params(), (num_heads, head_dim, emb_dim),
+                       ("heads", "head_dim", "embed"))
+
+    def qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Projected, RoPE-rotated q, k and v for inputs x [B, L, E] at positions [B, L]."""
+        dt = self.dtype
+        x = x.astype(dt)
+        q = jnp.einsum("ble,ehd->blhd", x, self.q[...].astype(dt))
+        k = jnp.einsum("ble,ehd->blhd", x, self.k[...].astype(dt))
+        v = jnp.einsum("ble,ehd->blhd", x, self.v[...].astype(dt))
+        q = constrain(q, ("batch", "length", "act_heads", "head_dim"))
+        k = constrain(k, ("batch", "length", "act_kv_heads", "head_dim"))
+        v = constrain(v, ("batch", "length", "act_kv_heads", "head_dim"))
+        q = apply_rope(q, positions, self.rope_theta)
+        return q, apply_rope(k, positions, self.rope_theta), v
+
+    def out(self, attn: jax.Array) -> jax.Array:
+        y = jnp.einsum("blhd,hde->ble", attn, self.o[...].astype(self.dtype))
+        return constrain(y, ("batch", "length", "act_embed"))
+
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+        q, k, v = self.qkv(x, positions)
+        return self.out(dot_product_attention(q, k, v, mask))
+
+
+class SwiGLU(nnx.Module):
+    """FFN(x) = W_o (silu(x W_gate) ⊙ x W_up), no biases."""
+
+    def __init__(self, emb_dim: int, mlp_dim: int, *, init_std: float, dtype: Any,
+                 rngs: nnx.Rngs, out_names: tuple[str, str] = ("mlp", "embed")):
+        self.dtype = dtype
+        init = normal_init(init_std)
+        self.gate = param(init, rngs.params(), (emb_dim, mlp_dim), ("embed", "mlp"))
+        self.up = param(init, rngs.params(), (emb_dim, mlp_dim), ("embed", "mlp"))
+        self.down = param(init, rngs.params(), (mlp_dim, emb_dim), out_names)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dt = self.dtype
+        x = x.astype(dt)
+        h = jax.nn.silu(x @ self.gate[...].astype(dt)) * (x @ self.up[...].astype(dt))
+        if h.ndim == 3:
+            h = constrain(h, ("batch", "length", "act_mlp"))
+        return h @ self.down[...].astype(dt)

@@ -1,0 +1,223 @@
+"""The generic training loop (big_vision-style: flat and readable).
+
+mesh → abstract model → shardings → sharded init or Orbax restore → jitted step with donated state →
+metrics / checkpoints / eval. The model, its loss and its data come from the config's Task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import ml_collections as mlc
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding
+
+from latentlm_jax.config.validate import validate
+from latentlm_jax.parallel import distributed
+from latentlm_jax.parallel.logical import activation_rules, logical_to_mesh_spec
+from latentlm_jax.parallel.mesh import build_mesh, num_slices
+from latentlm_jax.train import state as state_lib
+from latentlm_jax.train.data_checkpoint import DataRestore, DataSave
+from latentlm_jax.train.flops import calibrate_peak_tflops
+from latentlm_jax.train.metrics import MetricsWriter, format_duration, format_rate
+from latentlm_jax.train.optimizer import make_optimizer
+from latentlm_jax.train.step import make_train_step
+from latentlm_jax.train.tasks import get_task
+
+log = logging.getLogger("latentlm")
+
+
+def say(msg: str) -> None:
+    """Console output from the primary process only."""
+    if jax.process_index() == 0:
+        print(msg, flush=True)
+
+
+class _Frozen:
+    """A snapshot of an iterator's state, so an async save records the position at save time."""
+
+    def __init__(self, state: Any):
+        self._state = state
+
+    def get_state(self) -> Any:
+        return self._state
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks after every step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def batch_shardings(task, config: mlc.ConfigDict, mesh: Mesh) -> dict[str, NamedSharding]:
+    return {k: NamedSharding(mesh, logical_to_mesh_spec(names, config.sharding_rules,
+                                                        mesh.axis_names))
+            for k, names in task.batch_logical_axes(config).items()}
+
+
+def to_global_batch(local: dict[str, np.ndarray], shardings: dict[str, NamedSharding]
+                    ) -> dict[str, jax.Array]:
+    """Assembles per-process rows into global arrays sharded as the task asks."""
+    out = {}
+    for k, sharding in shardings.items():
+        if k in local:
+            out[k] = jax.make_array_from_process_local_data(sharding, np.asarray(local[k]))
+    return out
+
+
+def checkpoint_manager(workdir: str, config: mlc.ConfigDict) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=config.checkpoint.every_steps,
+        max_to_keep=config.checkpoint.keep,
+        enable_async_checkpointing=config.checkpoint.async_save,
+        create=True,
+    )
+    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+                                 options=options, item_names=("state", "data"))
+
+
+def train(config: mlc.ConfigDict, workdir: str, stop_at: int | None = None,
+          devices: list | None = None) -> dict[str, float]:
+    """Trains ``config`` into ``workdir`` (resuming if it holds a checkpoint); returns the last
+    logged metrics. ``stop_at`` ends this run early at that step with a checkpoint, as if the job
+    had been preempted there (the schedule still follows ``train.num_steps``). ``devices``
+    restricts the mesh to a subset of the devices (tests)."""
+    distributed.initialize(config)
+    devices = list(jax.devices() if devices is None else devices)
+    validate(config, len(devices), num_slices(devices))
+    os.makedirs(workdir, exist_ok=True)
+    task = get_task(config)
+    mesh = build_mesh(config, devices)
+    rules = config.sharding_rules
+    tx = make_optimizer(config.train)
+
+    graphdef, abs_params, logical_specs = state_lib.abstract_model(task, config)
+    p_shardings = state_lib.param_shardings(abs_params, logical_specs, mesh, rules)
+    s_shardings = state_lib.state_shardings(abs_params, p_shardings, tx, mesh)
+    b_shardings = batch_shardings(task, config, mesh)
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abs_params))
+    say(f"task={config.task} params={num_params / 1e6:.2f}M mesh={dict(mesh.shape)} "
+        f"devices={len(devices)} processes={jax.process_count()}")
+
+    iterator = task.train_iterator(config, jax.process_index(), jax.process_count())
+    manager = checkpoint_manager(workdir, config)
+    latest = manager.latest_step()
+    if latest is not None:
+        abstract = jax.tree.map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+            jax.eval_shape(lambda: state_lib.init_state(task, config, tx, s_shardings)),
+            s_shardings)
+        restored = manager.restore(latest, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), data=DataRestore(iterator)))
+        train_state = restored["state"]
+        say(f"Resuming from checkpoint at step {latest} in {workdir}/checkpoints")
+    else:
+        train_state = state_lib.init_state(task, config, tx, s_shardings)
+
+    step_fn = jax.jit(make_train_step(task, config, graphdef, tx),
+                      in_shardings=(s_shardings, b_shardings),
+                      out_shardings=(s_shardings, None), donate_argnums=(0,))
+
+    peak = config.metrics.peak_tflops_per_device or calibrate_peak_tflops(config.model.dtype)
+    flops_per_step = task.flops_per_step(config)
+    unit, items_per_step = task.items_per_step(config)
+    writer = MetricsWriter(workdir)
+    start = int(jax.device_get(train_state["step"]))
+    total = config.train.num_steps
+    last: dict[str, float] = {}
+    window_t0, window_steps, data_wait = time.perf_counter(), 0, 0.0
+    run_t0, run_steps = window_t0, 0
+
+    def save(step: int) -> None:
+        # The loop decides when to save; force=True bypasses Orbax's own interval policy.
+        manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(train_state),
+            data=DataSave(_Frozen(iterator.get_state()))), force=True)
+
+    try:
+        with activation_rules(mesh, rules), _Preemption() as preemption:
+            step = start
+            while step < total:
+                t0 = time.perf_counter()
+                local = next(iterator)
+                data_wait += time.perf_counter() - t0
+                train_state, metrics = step_fn(train_state, to_global_batch(local, b_shardings))
+                step += 1
+                if step == start + 1:  # keep compilation out of the throughput figures
+                    jax.block_until_ready(train_state)
+                    say(f"first step (with compilation) took {time.perf_counter() - t0:.1f}s")
+                    window_t0 = run_t0 = time.perf_counter()
+                    window_steps = run_steps = data_wait = 0
+                else:
+                    window_steps += 1
+                    run_steps += 1
+                if window_steps and (step % config.train.log_every == 0 or step == total):
+                    metrics = jax.device_get(metrics)
+                    now = time.perf_counter()
+                    dt = (now - window_t0) / window_steps
+                    tflops = flops_per_step / dt / len(devices) / 1e12
+                    last = {k: float(np.asarray(v)) for k, v in metrics.items()}
+                    last.update({
+                        f"{unit}_per_sec": items_per_step / dt,
+                        "step_time_s": dt,
+                        "tflops_per_device": tflops,
+                        "mfu": tflops / peak if peak > 0 else 0.0,
+                        "data_wait_frac": data_wait / (now - window_t0),
+                    })
+                    writer.write(step, last)
+                    eta = (now - run_t0) / run_steps * (total - step)
+                    say(f"step {step:>6}/{total} | loss {last['loss']:.4f} | "
+                        f"{format_rate(items_per_step / dt)} {unit}/s | mfu {last['mfu']:.1%} | "
+                        f"data {last['data_wait_frac']:.0%} | ETA {format_duration(eta)}")
+                    window_t0, window_steps, data_wait = time.perf_counter(), 0, 0.0
+                if config.train.eval_every and step % config.train.eval_every == 0:
+                    evaluate(task, graphdef, train_state, config, workdir, step, writer)
+                if preemption.requested or (stop_at is not None and step >= stop_at < total):
+                    save(step)
+                    manager.wait_until_finished()
+                    reason = "SIGTERM" if preemption.requested else "stop_at"
+                    say(f"{reason}: saved checkpoint at step {step}; exiting")
+                    return last
+                if step % config.checkpoint.every_steps == 0 or step == total:
+                    save(step)
+        manager.wait_until_finished()
+        say(f"done: {total} steps; checkpoints in {workdir}/checkpoints")
+        return last
+    finally:
+        manager.close()
+        writer.close()
+
+
+def evaluate(task, graphdef, train_state: dict, config: mlc.ConfigDict, workdir: str, step: int,
+             writer: MetricsWriter) -> dict[str, float]:
+    from flax import nnx
+
+    model = nnx.merge(graphdef, train_state["params"])
+    results = task.evaluate(model, config, workdir, step)
+    if results:
+        writer.write(step, {f"eval/{k}": v for k, v in results.items()})
+        say("eval step {}: {}".format(step, " ".join(f"{k}={v:.4g}" for k, v in results.items())))
+    return results

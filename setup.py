@@ -1,0 +1,35 @@
+"""latentlm_jax: multimodal latent language models with next-token diffusion, in JAX / Flax NNX."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="latentlm_jax",
+    version="0.1.0",
+    description="Multimodal latent language models (next-token diffusion) in JAX/Flax NNX at pod scale",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["latentlm_jax", "latentlm_jax.*"]),
+    install_requires=[
+        "jax>=0.10,<0.14",
+        "flax>=0.12.4,<0.14",
+        "optax>=0.2.5,<0.3",
+        "orbax-checkpoint>=0.11.30,<0.13",
+        "grain>=0.2.12,<0.3",
+        "tensorflow-datasets>=4.9.9,<5",
+        "ml-collections>=1.0,<2",
+        "chex>=0.1.90,<0.2",
+        "numpy>=1.26",
+        "pillow>=10",
+        "soundfile>=0.12",
+        "sentencepiece>=0.2",
+        "matplotlib>=3.8",
+        "tensorboardX>=2.6",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"],
+        # libtpu at exactly the version this jax release pins.
+        "tpu": ["jax[tpu]"],
+    },
+    entry_points={"console_scripts": ["latentlm=latentlm_jax.cli.main:main"]},
+)

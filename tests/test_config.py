@@ -1,0 +1,131 @@
+"""Config loading, overrides and validation; the CLI's one-line errors with exit status 2."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from latentlm_jax.config.base import base_config
+from latentlm_jax.config.loading import (
+    ConfigError,
+    apply_overrides,
+    load_config_file,
+    split_config_args,
+)
+from latentlm_jax.config.validate import check_mesh, validate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "lm_tiny.py")
+
+
+def test_overrides_are_typed():
+    c = base_config()
+    apply_overrides(c, ["model.num_layers=7", "train.learning_rate=3e-4", "model.scan_layers=false",
+                        "model.dtype=bfloat16", "data.text_files=('a.txt', 'b.txt')",
+                        "train.learning_rate=1"])
+    assert c.model.num_layers == 7 and isinstance(c.model.num_layers, int)
+    assert c.train.learning_rate == 1.0 and isinstance(c.train.learning_rate, float)
+    assert c.model.scan_layers is False
+    assert c.model.dtype == "bfloat16"
+    assert c.data.text_files == ("a.txt", "b.txt")
+
+
+@pytest.mark.parametrize("override,field", [
+    ("model.num_layer=3", "model.num_layer"),
+    ("modle.num_layers=3", "modle"),
+    ("model.num_layers=three", "model.num_layers"),
+    ("model.scan_layers=maybe", "model.scan_layers"),
+    ("model=3", "model"),
+])
+def test_bad_overrides_name_the_field(override, field):
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(base_config(), [override])
+    assert e.value.field == field
+
+
+def test_split_config_args():
+    rest, ov = split_config_args(["--config", "x.py", "--config.a.b=1", "--workdir", "w",
+                                  "--config.c", "2"])
+    assert rest == ["--config", "x.py", "--workdir", "w"]
+    assert ov == ["a.b=1", "c=2"]
+
+
+def _fails(field_fragment, **changes):
+    c = base_config()
+    for dotted, value in changes.items():
+        node = c
+        keys = dotted.split("__")
+        for k in keys[:-1]:
+            node = node[k]
+        with node.unlocked():
+            node[keys[-1]] = value
+    with pytest.raises(ConfigError) as e:
+        validate(c, num_devices=8)
+    assert field_fragment in str(e.value), str(e.value)
+    return str(e.value)
+
+
+def test_validation_errors():
+    msg = _fails("model.num_heads", model__num_heads=6, model__num_kv_heads=4)
+    assert "divisible" in msg
+    _fails("model.emb_dim", model__emb_dim=0)
+    _fails("model.num_layers", model__num_layers=-2)
+    _fails("model.dtype", model__dtype="float16")
+    _fails("train.global_batch_size", train__global_batch_size=12)  # 8 devices on data
+    _fails("mesh.ici", mesh__ici__data=2, mesh__ici__fsdp=2)  # 2·2·1 != 8
+    _fails("data.seq_len", data__seq_len=0)
+    _fails("train.grad_accum_steps", train__grad_accum_steps=3)
+
+
+def test_wrong_type_in_a_config_file(tmp_path):
+    path = tmp_path / "bad_type.py"
+    path.write_text("from latentlm_jax.config.base import base_config\n"
+                    "def get_config():\n    c = base_config()\n"
+                    "    c.model.vocab_size = 'big'\n    return c\n")
+    with pytest.raises(ConfigError, match="vocab_size"):
+        load_config_file(str(path))
+
+
+def test_unknown_key_in_a_config_file(tmp_path):
+    path = tmp_path / "bad.py"
+    path.write_text("from latentlm_jax.config.base import base_config\n"
+                    "def get_config():\n    c = base_config()\n"
+                    "    c.model.num_layerz = 3\n    return c\n")
+    with pytest.raises(ConfigError, match="model.num_layerz: unknown key"):
+        validate(load_config_file(str(path)))
+
+
+def test_mesh_resolution():
+    c = base_config()
+    c.mesh.ici.data, c.mesh.ici.fsdp, c.mesh.ici.tensor = 2, -1, 2
+    ici, dcn = check_mesh(c, 8)
+    assert ici == {"data": 2, "fsdp": 2, "tensor": 2} and dcn == {"data": 1, "fsdp": 1, "tensor": 1}
+    c.mesh.dcn.data = 2
+    ici, dcn = check_mesh(c, 16, num_slices=2)
+    assert ici["fsdp"] == 2 and dcn["data"] == 2
+
+
+def test_real_configs_validate():
+    for name in sorted(os.listdir(os.path.join(ROOT, "configs"))):
+        if name.endswith(".py") and not name.startswith("_"):
+            validate(load_config_file(os.path.join(ROOT, "configs", name)))
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--config.model.num_heads=5"], "config.model.num_heads:"),
+    (["--config.model.emb_dimm=8"], "config.model.emb_dimm: unknown key"),
+    (["--config.train.num_steps=ten"], "config.train.num_steps: expected int"),
+    (["--config.train.global_batch_size=-4"], "config.train.global_batch_size: must be positive"),
+    (["--config.mesh.ici.data=3"], "config.mesh.ici"),
+])
+def test_cli_reports_one_line_and_exits_2(tmp_path, args, fragment):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "latentlm_jax.cli.main", "train", "--config", TINY,
+         "--workdir", str(tmp_path / "w"), *args],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert fragment in lines[0] and "Traceback" not in proc.stderr
