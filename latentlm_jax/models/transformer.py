@@ -61,7 +61,8 @@ def _remat(fn, policy: str):
 
 class Decoder(nnx.Module):
     """The stack of blocks plus the final norm. With ``scan_layers`` the block parameters are
-    stacked along a leading "layers" axis and the stack runs under ``jax.lax.scan`` (one compiled block)."""
+    stacked along a leading "layers" axis and the stack runs under ``jax.lax.scan`` (one compiled
+    block)."""
 
     def __init__(self, cfg: mlc.ConfigDict, *, rngs: nnx.Rngs):
         self.scan_layers = cfg.scan_layers

@@ -17,7 +17,8 @@ from latentlm_jax.train.task import Task
 
 def split_microbatches(batch: dict[str, jax.Array], num: int) -> dict[str, jax.Array]:
     """[B, ...] → [num, B/num, ...] with microbatch a = rows {i·num + a}, so each device's
-    contiguous slice of the batch contributes equally to every microbatch (no cross-device reshuffle)."""
+    contiguous slice of the batch contributes equally to every
+    microbatch (no cross-device reshuffle)."""
 
     def one(x):
         return x.reshape(x.shape[0] // num, num, *x.shape[1:]).swapaxes(0, 1)

@@ -2,7 +2,8 @@
 
 The trainer (``latentlm_jax/train/trainer.py``) owns the mesh, the optimizer, jit, checkpoints and
 metrics; a :class:`Task` owns the model, its loss and its data. ``config.task`` picks the task
-through :func:`latentlm_jax.train.tasks.get_task` - behaviour comes from config, not from model names.
+through :func:`latentlm_jax.train.tasks.get_task` -
+behaviour comes from config, not from model names.
 """
 
 from __future__ import annotations
