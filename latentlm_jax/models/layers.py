@@ -46,7 +46,12 @@ class Embed(nnx.Module):
                                ("vocab", "embed"))
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+        # All-gather the table before the lookup (as FSDP does for every weight): a lookup into a
+        # sharded table has no efficient SPMD partitioning and XLA would fall back to a full
+        # rematerialisation with a warning.
+        table = constrain(self.embedding[...], (None, None))
+        out = jnp.take(table, ids, axis=0).astype(self.dtype)
+        return constrain(out, ("batch", "length", "act_embed")) if out.ndim == 3 else out
 
     def attend(self, x: jax.Array) -> jax.Array:
         return jnp.einsum("ble,ve->blv", x, self.embedding[...].astype(self.dtype))

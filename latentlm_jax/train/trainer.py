@@ -160,21 +160,25 @@ def train(config: mlc.ConfigDict, workdir: str, stop_at: int | None = None,
     try:
         with activation_rules(mesh, rules), _Preemption() as preemption:
             step = start
-            while step < total:
+            pending = None
+            if step < total:  # compile ahead of time so step timings exclude compilation
+                pending = to_global_batch(next(iterator), b_shardings)
                 t0 = time.perf_counter()
-                local = next(iterator)
-                data_wait += time.perf_counter() - t0
-                train_state, metrics = step_fn(train_state, to_global_batch(local, b_shardings))
-                step += 1
-                if step == start + 1:  # keep compilation out of the throughput figures
-                    jax.block_until_ready(train_state)
-                    say(f"first step (with compilation) took {time.perf_counter() - t0:.1f}s")
-                    window_t0 = run_t0 = time.perf_counter()
-                    window_steps = run_steps = data_wait = 0
+                step_fn = step_fn.lower(train_state, pending).compile()
+                say(f"compiled the train step in {time.perf_counter() - t0:.1f}s")
+            window_t0 = run_t0 = time.perf_counter()
+            while step < total:
+                if pending is None:
+                    t0 = time.perf_counter()
+                    batch = to_global_batch(next(iterator), b_shardings)
+                    data_wait += time.perf_counter() - t0
                 else:
-                    window_steps += 1
-                    run_steps += 1
-                if window_steps and (step % config.train.log_every == 0 or step == total):
+                    batch, pending = pending, None
+                train_state, metrics = step_fn(train_state, batch)
+                step += 1
+                window_steps += 1
+                run_steps += 1
+                if step % config.train.log_every == 0 or step == total:
                     metrics = jax.device_get(metrics)
                     now = time.perf_counter()
                     dt = (now - window_t0) / window_steps
