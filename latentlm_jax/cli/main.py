@@ -9,6 +9,7 @@ from latentlm_jax.config.loading import ConfigError
 
 COMMANDS = {
     "train": ("latentlm_jax.cli.train", "train a model from a config file into --workdir"),
+    "bench": ("latentlm_jax.cli.bench", "benchmarks that print figures"),
 }
 
 

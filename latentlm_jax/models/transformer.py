@@ -55,7 +55,10 @@ def _remat(fn, policy: str):
     if policy == "full":
         return jax.checkpoint(fn, policy=jax.checkpoint_policies.nothing_saveable)
     if policy == "save_dots":
-        return jax.checkpoint(fn, policy=jax.checkpoint_policies.dots_saveable)
+        # Save the outputs of weight matmuls (dots without batch dimensions: projections and MLP);
+        # attention scores (batched dots, O(L²)) are recomputed.
+        return jax.checkpoint(
+            fn, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
     raise ValueError(f"unknown remat_policy {policy!r}; expected one of {REMAT_POLICIES}")
 
 

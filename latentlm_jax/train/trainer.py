@@ -16,19 +16,16 @@ import jax
 import ml_collections as mlc
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import NamedSharding
 
 from latentlm_jax.config.validate import validate
 from latentlm_jax.parallel import distributed
-from latentlm_jax.parallel.logical import activation_rules, logical_to_mesh_spec
-from latentlm_jax.parallel.mesh import build_mesh, num_slices
-from latentlm_jax.train import state as state_lib
+from latentlm_jax.parallel.logical import activation_rules
+from latentlm_jax.parallel.mesh import num_slices
 from latentlm_jax.train.data_checkpoint import DataRestore, DataSave
 from latentlm_jax.train.flops import calibrate_peak_tflops
 from latentlm_jax.train.metrics import MetricsWriter, format_duration, format_rate
-from latentlm_jax.train.optimizer import make_optimizer
-from latentlm_jax.train.step import make_train_step
-from latentlm_jax.train.tasks import get_task
+from latentlm_jax.train.setup import build_setup
 
 log = logging.getLogger("latentlm")
 
@@ -72,12 +69,6 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def batch_shardings(task, config: mlc.ConfigDict, mesh: Mesh) -> dict[str, NamedSharding]:
-    return {k: NamedSharding(mesh, logical_to_mesh_spec(names, config.sharding_rules,
-                                                        mesh.axis_names))
-            for k, names in task.batch_logical_axes(config).items()}
-
-
 def to_global_batch(local: dict[str, np.ndarray], shardings: dict[str, NamedSharding]
                     ) -> dict[str, jax.Array]:
     """Assembles per-process rows into global arrays sharded as the task asks."""
@@ -109,37 +100,23 @@ def train(config: mlc.ConfigDict, workdir: str, stop_at: int | None = None,
     devices = list(jax.devices() if devices is None else devices)
     validate(config, len(devices), num_slices(devices))
     os.makedirs(workdir, exist_ok=True)
-    task = get_task(config)
-    mesh = build_mesh(config, devices)
-    rules = config.sharding_rules
-    tx = make_optimizer(config.train)
-
-    graphdef, abs_params, logical_specs = state_lib.abstract_model(task, config)
-    p_shardings = state_lib.param_shardings(abs_params, logical_specs, mesh, rules)
-    s_shardings = state_lib.state_shardings(abs_params, p_shardings, tx, mesh)
-    b_shardings = batch_shardings(task, config, mesh)
-    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abs_params))
-    say(f"task={config.task} params={num_params / 1e6:.2f}M mesh={dict(mesh.shape)} "
+    setup = build_setup(config, devices)
+    task, mesh, rules = setup.task, setup.mesh, config.sharding_rules
+    graphdef, b_shardings = setup.graphdef, setup.batch_shardings
+    say(f"task={config.task} params={setup.num_params / 1e6:.2f}M mesh={dict(mesh.shape)} "
         f"devices={len(devices)} processes={jax.process_count()}")
 
     iterator = task.train_iterator(config, jax.process_index(), jax.process_count())
     manager = checkpoint_manager(workdir, config)
     latest = manager.latest_step()
     if latest is not None:
-        abstract = jax.tree.map(
-            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-            jax.eval_shape(lambda: state_lib.init_state(task, config, tx, s_shardings)),
-            s_shardings)
         restored = manager.restore(latest, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), data=DataRestore(iterator)))
+            state=ocp.args.StandardRestore(setup.abstract_state()), data=DataRestore(iterator)))
         train_state = restored["state"]
         say(f"Resuming from checkpoint at step {latest} in {workdir}/checkpoints")
     else:
-        train_state = state_lib.init_state(task, config, tx, s_shardings)
-
-    step_fn = jax.jit(make_train_step(task, config, graphdef, tx),
-                      in_shardings=(s_shardings, b_shardings),
-                      out_shardings=(s_shardings, None), donate_argnums=(0,))
+        train_state = setup.init_state()
+    step_fn = setup.step_fn
 
     peak = config.metrics.peak_tflops_per_device or calibrate_peak_tflops(config.model.dtype)
     flops_per_step = task.flops_per_step(config)
