@@ -159,6 +159,25 @@ class Attention(nnx.Module):
         q, k, v = self.qkv(x, positions)
         return self.out(dot_product_attention(q, k, v, mask))
 
+    def extend(self, x: jax.Array, positions: jax.Array, valid: jax.Array, cache: dict,
+               start: jax.Array) -> tuple[jax.Array, dict]:
+        """Attention for a chunk x [B, T, E] written at cache rows start..start+T-1.
+
+        ``cache`` holds k, v [B, S, K, D] and ``valid`` [B, S] marks filled, non-padding rows
+        (already updated for this chunk). Query t sees cache rows ≤ start + t that are valid.
+        """
+        q, k, v = self.qkv(x, positions)
+        k_cache = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype),
+                                               (0, start, 0, 0))
+        v_cache = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype),
+                                               (0, start, 0, 0))
+        t, s = x.shape[1], k_cache.shape[1]
+        q_idx = start + jnp.arange(t)
+        causal = jnp.arange(s)[None, :] <= q_idx[:, None]  # [T, S]
+        mask = (causal[None] & valid[:, None, :])[:, None]  # [B, 1, T, S]
+        out = dot_product_attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask)
+        return self.out(out), {"k": k_cache, "v": v_cache}
+
 
 class SwiGLU(nnx.Module):
     """FFN(x) = W_o (silu(x W_gate) ⊙ x W_up), no biases."""

@@ -48,6 +48,12 @@ class Block(nnx.Module):
         x = x + self.mlp(self.mlp_norm(x))
         return constrain(x, ("batch", "length", "act_embed"))
 
+    def extend(self, x: jax.Array, positions: jax.Array, valid: jax.Array, cache: dict,
+               start: jax.Array) -> tuple[jax.Array, dict]:
+        h, cache = self.attn.extend(self.attn_norm(x), positions, valid, cache, start)
+        x = x + h
+        return x + self.mlp(self.mlp_norm(x)), cache
+
 
 def _remat(fn, policy: str):
     if policy == "none":
@@ -101,6 +107,41 @@ class Decoder(nnx.Module):
                 call = _remat(lambda h, b=block: b(h, positions, mask), self.remat_policy)
                 x = call(x)
         return self.final_norm(x)
+
+    def extend(self, x: jax.Array, positions: jax.Array, token_valid: jax.Array, cache: dict,
+               start: jax.Array) -> tuple[jax.Array, dict]:
+        """Runs a chunk x [B, T, E] (a prompt, or T = 1 while decoding) at cache rows
+        start..start+T-1, attending to everything cached before it; returns final hidden states
+        and the updated cache (see :func:`init_cache`). ``token_valid`` [B, T] is False for
+        left-padding, which is never attended to."""
+        valid = jax.lax.dynamic_update_slice(cache["valid"], token_valid, (0, start))
+        if self.scan_layers:
+            graphdef, state = nnx.split(self.blocks)
+
+            def body(h, xs):
+                layer_state, k, v = xs
+                h, kv = nnx.merge(graphdef, layer_state).extend(
+                    h, positions, valid, {"k": k, "v": v}, start)
+                return h, (kv["k"], kv["v"])
+
+            x, (k, v) = jax.lax.scan(body, x, (state, cache["k"], cache["v"]))
+        else:
+            ks, vs = [], []
+            for i, block in enumerate(self.blocks):
+                x, kv = block.extend(x, positions, valid,
+                                     {"k": cache["k"][i], "v": cache["v"][i]}, start)
+                ks.append(kv["k"])
+                vs.append(kv["v"])
+            k, v = jnp.stack(ks), jnp.stack(vs)
+        return self.final_norm(x), {"k": k, "v": v, "valid": valid}
+
+
+def init_cache(cfg: mlc.ConfigDict, batch: int, max_len: int, dtype: Any = None) -> dict:
+    """An empty KV cache: k, v [layers, B, max_len, kv_heads, head_dim], ``valid`` [B, max_len]."""
+    dtype = compute_dtype(cfg) if dtype is None else dtype
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+            "valid": jnp.zeros((batch, max_len), bool)}
 
 
 class TextLM(nnx.Module):
