@@ -126,3 +126,22 @@ def test_sigterm_checkpoints_and_exits_zero(tmp_path):
     out2 = subprocess.run(cmd2, capture_output=True, text=True, env=env, timeout=240)
     assert out2.returncode == 0, out2.stdout + out2.stderr
     assert f"Resuming from checkpoint at step {step}" in out2.stdout
+
+
+def test_ema_follows_its_definition():
+    """One step by hand: ema' = d·ema + (1 − d)·params' with ema initialised to the params."""
+    from latentlm_jax.train.setup import build_setup
+
+    c = tiny_config()
+    c.train.ema_decay = 0.9
+    setup = build_setup(c, jax.devices()[:1])
+    state = setup.init_state()
+    before = jax.tree.map(np.asarray, state["params"])
+    np.testing.assert_array_equal(jax.tree.leaves(state["ema"])[0], jax.tree.leaves(before)[0])
+    it = setup.task.train_iterator(c, 0, 1)
+    from latentlm_jax.train.trainer import to_global_batch
+
+    state, _ = setup.step_fn(state, to_global_batch(next(it), setup.batch_shardings))
+    for e, p, b in zip(jax.tree.leaves(state["ema"]), jax.tree.leaves(state["params"]),
+                       jax.tree.leaves(before), strict=True):
+        np.testing.assert_allclose(e, 0.9 * b + 0.1 * np.asarray(p), rtol=1e-6, atol=1e-7)

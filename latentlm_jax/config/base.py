@@ -57,6 +57,19 @@ def base_config() -> mlc.ConfigDict:
     m.remat_policy = "none"  # none | full | save_dots
     m.tie_embeddings = False
     m.init_std = 0.02
+    # Continuous modalities (LatentLM). A latent dim of 0 switches the modality off; with both off
+    # the model is a plain text LM.
+    m.image_latent_dim = 0
+    m.audio_latent_dim = 0
+    hd = m.head = mlc.ConfigDict()  # next-token diffusion head, one per continuous modality
+    hd.depth = 3
+    hd.width = 0  # 0 = model emb_dim
+    hd.mlp_ratio = 4.0
+    df = m.diffusion = mlc.ConfigDict()
+    df.schedule = "cosine"  # cosine | linear
+    df.prediction = "eps"  # eps | v
+    df.batch_mul = 4  # (t, ε) draws per latent per backbone pass ("ddpm_batch_mul")
+    df.loss_weight = 1.0  # λ in CE + λ·diffusion
 
     # ------------------------------------------------------------------ data
     d = c.data = mlc.ConfigDict()
@@ -87,6 +100,7 @@ def base_config() -> mlc.ConfigDict:
     t.grad_clip = 1.0
     t.log_every = 10
     t.eval_every = 0  # 0 = never
+    t.ema_decay = 0.0  # EMA of parameters kept in the train state; 0 = off (paper: 0.9999)
 
     # ------------------------------------------------------------------ checkpoints
     k = c.checkpoint = mlc.ConfigDict()

@@ -82,6 +82,14 @@ def check_values(config: mlc.ConfigDict) -> None:
     _choice(config, "model.dtype", ("float32", "bfloat16"))
     _choice(config, "model.param_dtype", ("float32",))
     _choice(config, "model.remat_policy", ("none", "full", "save_dots"))
+    _choice(config, "model.diffusion.schedule", ("cosine", "linear"))
+    _choice(config, "model.diffusion.prediction", ("eps", "v"))
+    _positive(config, "model.head.depth", "model.head.mlp_ratio", "model.diffusion.batch_mul")
+    for field in ("image_latent_dim", "audio_latent_dim"):
+        if m[field] < 0:
+            raise ConfigError(f"model.{field}", f"must be ≥ 0 (0 = off), got {m[field]}")
+    if m.head.width < 0 or m.diffusion.loss_weight < 0:
+        raise ConfigError("model.head.width", "head width and diffusion loss weight must be ≥ 0")
 
     _positive(config, "data.seq_len", "data.prefetch")
     _choice(config, "data.tokenizer", ("byte", "sentencepiece"))
@@ -101,6 +109,8 @@ def check_values(config: mlc.ConfigDict) -> None:
         raise ConfigError("train.min_lr_ratio", f"must be in [0, 1], got {t.min_lr_ratio}")
     if not (0.0 <= t.b1 < 1.0 and 0.0 <= t.b2 < 1.0):
         raise ConfigError("train.b1", "Adam betas must be in [0, 1)")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise ConfigError("train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
     if t.grad_clip < 0 or t.weight_decay < 0:
         raise ConfigError("train.grad_clip", "grad_clip and weight_decay must be ≥ 0")
     if t.global_batch_size % t.grad_accum_steps:

@@ -64,7 +64,8 @@ def build_setup(config: mlc.ConfigDict, devices: list) -> TrainSetup:
     graphdef, abs_params, logical_specs = state_lib.abstract_model(task, config)
     p_shardings = state_lib.param_shardings(abs_params, logical_specs, mesh,
                                             config.sharding_rules)
-    s_shardings = state_lib.state_shardings(abs_params, p_shardings, tx, mesh)
+    s_shardings = state_lib.state_shardings(abs_params, p_shardings, tx, mesh,
+                                            ema=config.train.ema_decay > 0)
     b_shardings = batch_shardings(task, config, mesh)
     step_fn = jax.jit(make_train_step(task, config, graphdef, tx),
                       in_shardings=(s_shardings, b_shardings),

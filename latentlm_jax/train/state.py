@@ -65,14 +65,17 @@ def param_shardings(abs_params: dict, logical_specs: dict, mesh: Mesh,
 
 
 def state_shardings(abs_params: dict, p_shardings: dict, tx: optax.GradientTransformation,
-                    mesh: Mesh) -> dict:
+                    mesh: Mesh, ema: bool = False) -> dict:
     """Shardings of the whole train state: optimizer moments follow their parameters."""
     replicated = NamedSharding(mesh, PartitionSpec())
     abs_opt = jax.eval_shape(tx.init, abs_params)
     opt_shardings = optax.tree_map_params(
         tx, lambda _, s: s, abs_opt, p_shardings,
         transform_non_params=lambda _: replicated)
-    return {"step": replicated, "params": p_shardings, "opt_state": opt_shardings}
+    out = {"step": replicated, "params": p_shardings, "opt_state": opt_shardings}
+    if ema:
+        out["ema"] = p_shardings
+    return out
 
 
 def init_state(task: Task, config: mlc.ConfigDict, tx: optax.GradientTransformation,
@@ -82,7 +85,10 @@ def init_state(task: Task, config: mlc.ConfigDict, tx: optax.GradientTransformat
     def init(key):
         model = task.build_model(config, nnx.Rngs(key))
         params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+        state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+        if "ema" in shardings:
+            state["ema"] = jax.tree.map(jnp.copy, params)
+        return state
 
     return jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
 

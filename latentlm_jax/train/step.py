@@ -70,6 +70,10 @@ def make_train_step(task: Task, config: mlc.ConfigDict, graphdef: nnx.GraphDef,
         out.update(loss=loss, grad_norm=optax.global_norm(grads),
                    param_norm=optax.global_norm(new_params), lr=schedule(state["step"]))
         new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}
+        if "ema" in state:
+            d = config.train.ema_decay
+            new_state["ema"] = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state["ema"],
+                                            new_params)
         return new_state, out
 
     return train_step

@@ -1,0 +1,1 @@
+"""Generation: token-by-token decoding of mixed text / latent sequences with a KV cache."""
