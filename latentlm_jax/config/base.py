@@ -84,6 +84,17 @@ def base_config() -> mlc.ConfigDict:
     d.num_workers = 0  # Grain worker processes; 0 = read in the training process
     d.prefetch = 2  # batches buffered ahead
     d.bad_input = "skip"  # skip | error
+    # User data (docs/data_sources.md)
+    d.manifest = ""  # JSONL manifest path when source == manifest
+    d.tfds_name = ""
+    d.tfds_split = "train"
+    d.tfds_data_dir = ""
+    d.tfds_feature_map = "text=text"  # "ours=theirs,..." (ours: text, image, audio)
+    d.tfds_sample_rate = 0  # 0 = the data is already at data.sample_rate
+    d.latent_files = ()  # ArrayRecord shards of pre-encoded latents (latentlm encode)
+    d.image_resolution = 32
+    d.sample_rate = 16000
+    d.audio_samples = 16000
 
     # ------------------------------------------------------------------ training
     t = c.train = mlc.ConfigDict()
