@@ -7,12 +7,13 @@
 set -euo pipefail
 N=${1:?number of processes}; D=${2:?devices per process}; shift 2
 PORT=${LATENTLM_PORT:-$((20000 + RANDOM % 20000))}
-LATENTLM=${LATENTLM:-latentlm}
+# LATENTLM may be a command line, e.g. "python -m latentlm_jax.cli.main".
+read -ra CMD <<< "${LATENTLM:-latentlm}"
 pids=()
 for ((i = 0; i < N; i++)); do
   XLA_FLAGS="--xla_force_host_platform_device_count=$D" JAX_PLATFORMS=cpu \
   LATENTLM_COORDINATOR="127.0.0.1:$PORT" LATENTLM_NUM_PROCESSES="$N" LATENTLM_PROCESS_ID="$i" \
-    "$LATENTLM" "$@" &
+    "${CMD[@]}" "$@" &
   pids+=($!)
 done
 trap 'kill -TERM "${pids[@]}" 2>/dev/null || true' TERM INT

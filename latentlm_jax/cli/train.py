@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from latentlm_jax.cli.common import add_config_argument, load_config, quiet_logs
 
@@ -18,10 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args)
     quiet_logs()
-    os.makedirs(args.workdir, exist_ok=True)
-    with open(os.path.join(args.workdir, "config.json"), "w", encoding="utf-8") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    from latentlm_jax.train.checkpoint_io import save_run_config
     from latentlm_jax.train.trainer import train
+
+    save_run_config(config, args.workdir)
 
     train(config, args.workdir)
     return 0
