@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 
 from latentlm_jax.config.validate import validate
+from latentlm_jax.data.bad_input import SkipTotals, pop_skip_counts
 from latentlm_jax.parallel import distributed
 from latentlm_jax.parallel.logical import activation_rules
 from latentlm_jax.parallel.mesh import num_slices
@@ -69,9 +70,13 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def to_global_batch(local: dict[str, np.ndarray], shardings: dict[str, NamedSharding]
-                    ) -> dict[str, jax.Array]:
-    """Assembles per-process rows into global arrays sharded as the task asks."""
+def to_global_batch(local: dict[str, np.ndarray], shardings: dict[str, NamedSharding],
+                    skipped: SkipTotals | None = None) -> dict[str, jax.Array]:
+    """Assembles per-process rows into global arrays sharded as the task asks; bad-input counts
+    that travel with the batch go to ``skipped``."""
+    counts = pop_skip_counts(local)
+    if skipped is not None:
+        skipped.add(counts)
     out = {}
     for k, sharding in shardings.items():
         if k in local:
@@ -122,6 +127,7 @@ def train(config: mlc.ConfigDict, workdir: str, stop_at: int | None = None,
     flops_per_step = task.flops_per_step(config)
     unit, items_per_step = task.items_per_step(config)
     writer = MetricsWriter(workdir)
+    skipped = SkipTotals()  # data/skipped/<reason>: bad examples dropped (this process)
     start = int(jax.device_get(train_state["step"]))
     total = config.train.num_steps
     last: dict[str, float] = {}
@@ -139,7 +145,7 @@ def train(config: mlc.ConfigDict, workdir: str, stop_at: int | None = None,
             step = start
             pending = None
             if step < total:  # compile ahead of time so step timings exclude compilation
-                pending = to_global_batch(next(iterator), b_shardings)
+                pending = to_global_batch(next(iterator), b_shardings, skipped)
                 t0 = time.perf_counter()
                 step_fn = step_fn.lower(train_state, pending).compile()
                 say(f"compiled the train step in {time.perf_counter() - t0:.1f}s")
@@ -147,7 +153,7 @@ def train(config: mlc.ConfigDict, workdir: str, stop_at: int | None = None,
             while step < total:
                 if pending is None:
                     t0 = time.perf_counter()
-                    batch = to_global_batch(next(iterator), b_shardings)
+                    batch = to_global_batch(next(iterator), b_shardings, skipped)
                     data_wait += time.perf_counter() - t0
                 else:
                     batch, pending = pending, None
@@ -168,6 +174,7 @@ def train(config: mlc.ConfigDict, workdir: str, stop_at: int | None = None,
                         "mfu": tflops / peak if peak > 0 else 0.0,
                         "data_wait_frac": data_wait / (now - window_t0),
                     })
+                    last.update(skipped.as_metrics())
                     writer.write(step, last)
                     eta = (now - run_t0) / run_steps * (total - step)
                     say(f"step {step:>6}/{total} | loss {last['loss']:.4f} | "

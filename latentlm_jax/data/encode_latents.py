@@ -1,0 +1,114 @@
+"""Encoding a dataset with a trained σ-VAE into normalised latent sequences (ArrayRecord).
+
+For every example: μ = encoder(x); z = μ + σ·ε with one σ per example (the σ-VAE noise: the
+language model trains on noisy latents, not on μ); the latents are flattened to a sequence
+(images in raster order) and normalised with a per-dimension mean/std measured on the data.
+Each JAX process encodes its own shard ``i::P`` and writes its own file; the statistics are
+combined over processes. ``stats.json`` holds what generation needs to de-normalise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from latentlm_jax.data.array_record_source import write_latents
+
+MODALITY_KEYS = {"vae_image": ("image", "image_caption"), "vae_audio": ("audio", "audio_caption")}
+
+
+def model_input(modality: str, x: np.ndarray) -> jax.Array:
+    """Dataset arrays → the VAE's input range (images uint8 → [-1, 1]; audio as is)."""
+    if modality == "image":
+        return jnp.asarray(x, jnp.float32) / 127.5 - 1.0
+    return jnp.asarray(x, jnp.float32)
+
+
+def to_sequence(z: np.ndarray) -> np.ndarray:
+    """[B, *grid, D] → [B, N, D] (raster order for images, time order for audio)."""
+    return z.reshape(z.shape[0], -1, z.shape[-1])
+
+
+@nnx.jit
+def _encode(model, x, key):
+    mu = model.mode(x)
+    return mu, model.sample_latent(mu, key)
+
+
+def encode_examples(model, modality: str, xs: np.ndarray, key: jax.Array,
+                    noisy: bool = True) -> np.ndarray:
+    """[B, N, D] latent sequences (σ-VAE sample when ``noisy``, else μ), unnormalised."""
+    mu, z = _encode(model, model_input(modality, xs), key)
+    return to_sequence(np.asarray(z if noisy else mu))
+
+
+def encode_dataset(model, task: str, dataset: Sequence[dict[str, Any]], out_dir: str, *,
+                   num_examples: int, batch_size: int = 64, seed: int = 0,
+                   process_index: int | None = None, process_count: int | None = None,
+                   progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
+    """Encodes examples ``process_index::process_count`` of ``dataset[:num_examples]``; writes
+    ``latents-<modality>-<i>-of-<P>.array_record`` and (process 0) ``stats.json``."""
+    modality, caption_key = MODALITY_KEYS[task]
+    pi = jax.process_index() if process_index is None else process_index
+    pc = jax.process_count() if process_count is None else process_count
+    indices = list(range(pi, num_examples, pc))
+    key = jax.random.key(seed)
+    seqs, captions = [], []
+    t0 = time.perf_counter()
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        examples = [dataset[i] for i in chunk]
+        xs = np.stack([ex[modality] for ex in examples])
+        z = encode_examples(model, modality, xs, jax.random.fold_in(key, start))
+        seqs.extend(z)
+        captions.extend(ex[caption_key] for ex in examples)
+        if progress is not None:
+            progress(min(start + batch_size, len(indices)), len(indices),
+                     time.perf_counter() - t0)
+    stacked = np.stack(seqs).astype(np.float64)  # [n, N, D]
+    flat = stacked.reshape(-1, stacked.shape[-1])
+    sums = np.stack([flat.sum(0), (flat**2).sum(0), np.full(flat.shape[1], len(flat))])
+    if pc > 1:
+        from jax.experimental import multihost_utils
+
+        sums = np.asarray(multihost_utils.process_allgather(sums)).sum(0)
+    count = sums[2]
+    mean = sums[0] / count
+    std = np.sqrt(np.maximum(sums[1] / count - mean**2, 1e-12))
+    normalised = ((stacked - mean) / std).astype(np.float32)
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"latents-{modality}-{pi:05d}-of-{pc:05d}.array_record")
+    write_latents(path, ({"latents": z, "caption": c, "modality": modality, "index": int(i)}
+                         for z, c, i in zip(normalised, captions, indices, strict=True)))
+    stats = {"modality": modality, "mean": mean.tolist(), "std": std.tolist(),
+             "latent_dim": int(stacked.shape[-1]), "sequence_length": int(stacked.shape[1]),
+             "num_examples": num_examples, "vae_kind": getattr(model, "kind", "sigma"),
+             "vae_std": float(getattr(model, "std", 0.0))}
+    if pi == 0:
+        with open(os.path.join(out_dir, f"stats-{modality}.json"), "w") as f:
+            json.dump(stats, f, indent=1)
+    return stats
+
+
+def load_stats(out_dir: str, modality: str) -> dict[str, Any]:
+    with open(os.path.join(out_dir, f"stats-{modality}.json")) as f:
+        stats = json.load(f)
+    stats["mean"] = np.asarray(stats["mean"], np.float32)
+    stats["std"] = np.asarray(stats["std"], np.float32)
+    return stats
+
+
+def normalise(z: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
+    return ((z - stats["mean"]) / stats["std"]).astype(np.float32)
+
+
+def denormalise(z: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
+    return (z * stats["std"] + stats["mean"]).astype(np.float32)
