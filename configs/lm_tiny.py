@@ -19,9 +19,9 @@ def get_config():
     c.data.source = "shapes_tones_captions"
     c.data.seq_len = 128
     c.train.global_batch_size = 16
-    c.train.num_steps = 300
+    c.train.num_steps = 200
     c.train.learning_rate = 3e-3
     c.train.warmup_steps = 30
-    c.train.log_every = 25
+    c.train.log_every = 20
     c.checkpoint.every_steps = 100
     return c
