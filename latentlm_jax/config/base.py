@@ -73,7 +73,8 @@ def base_config() -> mlc.ConfigDict:
 
     # ------------------------------------------------------------------ data
     d = c.data = mlc.ConfigDict()
-    d.source = "shapes_tones_captions"  # shapes_tones_captions | text_files
+    # text: shapes_tones_captions | text_files; multimodal: shapes_tones | manifest | tfds | latents
+    d.source = "shapes_tones_captions"
     d.text_files = ()  # paths or globs, used when source == text_files
     d.split = "train"
     d.seq_len = 128
@@ -84,6 +85,10 @@ def base_config() -> mlc.ConfigDict:
     d.num_workers = 0  # Grain worker processes; 0 = read in the training process
     d.prefetch = 2  # batches buffered ahead
     d.bad_input = "skip"  # skip | error
+    # Multimodal sequences (latentlm_jax/data/sequences.py)
+    d.task_weights = ""  # "text_to_image=2,image_to_text=1,..."; "" = all tasks equally
+    d.cond_drop = 0.1  # P(caption dropped) in text→image/audio docs, for classifier-free guidance
+    d.max_interleaved = 3  # examples per interleaved document, at most
     # User data (docs/data_sources.md)
     d.manifest = ""  # JSONL manifest path when source == manifest
     d.tfds_name = ""
@@ -92,6 +97,10 @@ def base_config() -> mlc.ConfigDict:
     d.tfds_feature_map = "text=text"  # "ours=theirs,..." (ours: text, image, audio)
     d.tfds_sample_rate = 0  # 0 = the data is already at data.sample_rate
     d.latent_files = ()  # ArrayRecord shards of pre-encoded latents (latentlm encode)
+    # Where the σ-VAEs that made those latents live (generate / demo decode and encode with them)
+    d.image_vae_workdir = ""
+    d.audio_vae_workdir = ""
+    d.latent_stats_dir = ""  # holds stats-<modality>.json; "" = the directory of latent_files
     d.image_resolution = 32
     d.sample_rate = 16000
     d.audio_samples = 16000
@@ -136,4 +145,9 @@ def base_config() -> mlc.ConfigDict:
     dist.num_processes = 0  # 0 = auto
     dist.process_id = -1  # -1 = auto
     dist.cpu_collectives = "gloo"  # for local multi-process CPU runs
+
+    # ------------------------------------------------------------------ σ-VAE tokenizers
+    from latentlm_jax.vae.config import vae_defaults
+
+    c.vae = vae_defaults()
     return c

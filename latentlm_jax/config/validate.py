@@ -94,6 +94,17 @@ def check_values(config: mlc.ConfigDict) -> None:
     _positive(config, "data.seq_len", "data.prefetch")
     _choice(config, "data.tokenizer", ("byte", "sentencepiece"))
     _choice(config, "data.bad_input", ("skip", "error"))
+    if not 0.0 <= config.data.cond_drop < 1.0:
+        raise ConfigError("data.cond_drop", f"must be in [0, 1), got {config.data.cond_drop}")
+    if config.data.max_interleaved < 2:
+        raise ConfigError("data.max_interleaved", "must be ≥ 2")
+    if config.data.task_weights:
+        from latentlm_jax.data.sequences import parse_task_weights
+
+        try:
+            parse_task_weights(config.data.task_weights)
+        except ValueError as e:
+            raise ConfigError("data.task_weights", str(e)) from e
     if config.data.num_workers < 0:
         raise ConfigError("data.num_workers", f"must be ≥ 0, got {config.data.num_workers}")
     if config.data.tokenizer == "sentencepiece" and not config.data.tokenizer_model:

@@ -1,0 +1,207 @@
+"""Packing documents into fixed rows of ``seq_len`` (pure NumPy), as docs/batch_format.md says.
+
+A :class:`Document` is one training sequence: token ids where every latent position holds the
+``<latent>`` id, plus one ``[k, d]`` array per modality span (in order) and that span's modality.
+:class:`RowPacker` fills rows greedily: a document goes into the current row if it fits, otherwise
+the row is closed (padded with zeros) and the document starts the next one. Documents are never
+split or truncated: one longer than ``seq_len`` raises :class:`DocumentTooLong` and the caller
+decides (``data.bad_input``: skip or error).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+TEXT, IMAGE, AUDIO = 0, 1, 2
+MODALITIES = {IMAGE: "image", AUDIO: "audio"}
+TEXT_KEYS = ("tokens", "targets", "ce_mask", "segment_ids", "positions")
+LATENT_KEYS = ("modality", "latents", "latent_mask", "latent_modality")
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+    """One training sequence.
+
+    ``tokens``: int ids, ``<latent>`` at every latent position. ``latents[j]``: float ``[k_j, d_j]``
+    for the j-th run of latent positions (span order). ``modalities[j]``: IMAGE or AUDIO.
+    ``source``: where it came from (for bad-input messages).
+    """
+
+    tokens: np.ndarray
+    latents: tuple[np.ndarray, ...] = ()
+    modalities: tuple[int, ...] = ()
+    source: str = ""
+
+    def __len__(self) -> int:
+        return int(len(self.tokens))
+
+
+class DocumentTooLong(ValueError):
+    """A document has more elements than a row holds."""
+
+    def __init__(self, length: int, seq_len: int, source: str = ""):
+        where = f" ({source})" if source else ""
+        super().__init__(f"document of {length} elements does not fit in seq_len={seq_len}{where}")
+        self.length = length
+        self.seq_len = seq_len
+        self.source = source
+
+
+def document_fields(doc: Document, latent_id: int, latent_dim: int) -> dict[str, np.ndarray]:
+    """The per-position fields of one document (length ``n``), before placing it in a row."""
+    tokens = np.asarray(doc.tokens, dtype=np.int32)
+    if tokens.ndim != 1 or tokens.size == 0:
+        raise ValueError(f"document tokens must be a non-empty 1-D sequence{_at(doc)}")
+    n = tokens.size
+    modality = np.zeros(n, np.int8)
+    slots = np.flatnonzero(tokens == latent_id)
+    if len(doc.latents) != len(doc.modalities):
+        raise ValueError(f"{len(doc.latents)} latent arrays but {len(doc.modalities)} modalities"
+                         f"{_at(doc)}")
+    counts = [int(np.shape(z)[0]) for z in doc.latents]
+    if sum(counts) != slots.size:
+        raise ValueError(f"{slots.size} <latent> positions but {sum(counts)} latent vectors"
+                         f"{_at(doc)}")
+    out = {"tokens": tokens, "modality": modality}
+    if latent_dim > 0:
+        latents = np.zeros((n, latent_dim), np.float32)
+        start = 0
+        for j, (z, mod) in enumerate(zip(doc.latents, doc.modalities, strict=True)):
+            z = np.asarray(z, np.float32)
+            if mod not in MODALITIES:
+                raise ValueError(f"span modality must be {IMAGE} or {AUDIO}, got {mod}{_at(doc)}")
+            if z.ndim != 2 or z.shape[1] > latent_dim:
+                raise ValueError(f"latents of shape {z.shape} do not fit latent_dim={latent_dim}"
+                                 f"{_at(doc)}")
+            where = slots[start: start + z.shape[0]]
+            if where.size > 1 and where[-1] - where[0] != where.size - 1:
+                raise ValueError(f"span {j} of {z.shape[0]} latents is not one contiguous "
+                                 f"run of <latent> positions{_at(doc)}")
+            latents[where, : z.shape[1]] = z
+            modality[where] = mod
+            start += z.shape[0]
+        out["latents"] = latents
+    elif slots.size:
+        raise ValueError(f"document has latents but latent_dim=0 (a text-only pipeline){_at(doc)}")
+
+    nxt = np.zeros(n, np.int8)
+    nxt[:-1] = modality[1:]
+    targets = np.zeros(n, np.int32)
+    targets[:-1] = tokens[1:]
+    has_next = np.arange(n) < n - 1
+    out["targets"] = targets
+    # CE where the next element is a discrete token, or an audio latent ("<latent>": continue).
+    out["ce_mask"] = has_next & ((nxt == TEXT) | (nxt == AUDIO))
+    out["latent_mask"] = nxt != TEXT
+    out["latent_modality"] = nxt
+    return out
+
+
+def _at(doc: Document) -> str:
+    return f" ({doc.source})" if doc.source else ""
+
+
+class RowPacker:
+    """Greedy packing into one row at a time.
+
+    ``add(doc)`` returns ``False`` (and changes nothing) when ``doc`` does not fit in what is left
+    of the current row; the caller then takes the row with ``flush()`` and adds ``doc`` again.
+    ``latent_dim = 0`` gives the text-only fields; ``> 0`` adds the latent fields with that width.
+    """
+
+    def __init__(self, seq_len: int, *, latent_id: int, latent_dim: int = 0):
+        if seq_len <= 0:
+            raise ValueError(f"seq_len must be positive, got {seq_len}")
+        self.seq_len = seq_len
+        self.latent_id = latent_id
+        self.latent_dim = latent_dim
+        self._row = self._empty()
+        self._used = 0
+        self._segments = 0
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return TEXT_KEYS + LATENT_KEYS if self.latent_dim > 0 else TEXT_KEYS
+
+    @property
+    def used(self) -> int:
+        """Positions of the current row already filled."""
+        return self._used
+
+    @property
+    def num_documents(self) -> int:
+        return self._segments
+
+    def _empty(self) -> dict[str, np.ndarray]:
+        L = self.seq_len
+        row = {
+            "tokens": np.zeros(L, np.int32),
+            "targets": np.zeros(L, np.int32),
+            "ce_mask": np.zeros(L, bool),
+            "segment_ids": np.zeros(L, np.int32),
+            "positions": np.zeros(L, np.int32),
+        }
+        if self.latent_dim > 0:
+            row.update(
+                modality=np.zeros(L, np.int8),
+                latents=np.zeros((L, self.latent_dim), np.float32),
+                latent_mask=np.zeros(L, bool),
+                latent_modality=np.zeros(L, np.int8),
+            )
+        return row
+
+    def check(self, doc: Document) -> None:
+        """Raises :class:`DocumentTooLong` if ``doc`` can never fit in a row."""
+        if len(doc) > self.seq_len:
+            raise DocumentTooLong(len(doc), self.seq_len, doc.source)
+
+    def add(self, doc: Document) -> bool:
+        self.check(doc)
+        n = len(doc)
+        if self._used + n > self.seq_len:
+            return False
+        fields = document_fields(doc, self.latent_id, self.latent_dim)
+        s = slice(self._used, self._used + n)
+        self._segments += 1
+        row = self._row
+        row["segment_ids"][s] = self._segments
+        row["positions"][s] = np.arange(n, dtype=np.int32)
+        for key in self.keys:
+            if key in fields:
+                row[key][s] = fields[key]
+        self._used += n
+        return True
+
+    def flush(self) -> dict[str, np.ndarray]:
+        """The current row (zero-padded) and a fresh empty one."""
+        row, self._row = self._row, self._empty()
+        self._used = 0
+        self._segments = 0
+        return row
+
+
+def pack_documents(
+    docs: Iterable[Document], seq_len: int, *, latent_id: int, latent_dim: int = 0
+) -> dict[str, np.ndarray]:
+    """Packs ``docs`` greedily, in order, into ``[rows, seq_len]`` arrays (the last row padded).
+
+    Raises :class:`DocumentTooLong` for a document longer than ``seq_len``.
+    """
+    packer = RowPacker(seq_len, latent_id=latent_id, latent_dim=latent_dim)
+    rows: list[dict[str, np.ndarray]] = []
+    for doc in docs:
+        if not packer.add(doc):
+            rows.append(packer.flush())
+            packer.add(doc)
+    if packer.used:
+        rows.append(packer.flush())
+    if not rows:
+        return {k: np.zeros((0, *v.shape), v.dtype) for k, v in packer.flush().items()}
+    return stack_rows(rows)
+
+
+def stack_rows(rows: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}

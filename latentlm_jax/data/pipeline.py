@@ -1,0 +1,332 @@
+"""The Grain training pipeline: source → shuffle → repeat → documents → shard → pack → batch →
+prefetch, yielding per-process batches in the format of docs/batch_format.md.
+
+Built with Grain's Dataset API (``grain.MapDataset`` → ``.to_iter_dataset()`` → our packing
+``IterDataset``), see docs/data.md for why. The iterator ``build_train_iterator`` returns is a
+``grain.DatasetIterator``: ``get_state()`` is a small JSON-serialisable dict, ``set_state(state)``
+resumes exactly, and it works with ``grain.checkpoint.CheckpointSave/CheckpointRestore`` and with
+the trainer's own Orbax handler (``latentlm_jax.train.data_checkpoint``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import grain
+import jax
+import ml_collections as mlc
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from latentlm_jax.data.bad_input import (
+    BadInput,
+    BadInputPolicy,
+    SkippingSource,
+    attach_skip_counts,
+)
+from latentlm_jax.data.packing import Document, DocumentTooLong, RowPacker
+from latentlm_jax.data.sequences import Encoder, SequenceBuilder
+from latentlm_jax.data.tokenizer import Tokenizer, make_tokenizer
+
+TEXT_SOURCES = ("shapes_tones_captions", "text_files")
+EXAMPLE_SOURCES = ("shapes_tones", "manifest", "tfds", "latents")
+# Documents read ahead by the threads of ``to_iter_dataset`` (per process, or per Grain worker).
+READ_THREADS = 2
+READ_BUFFER = 256
+
+
+# ---------------------------------------------------------------------------- documents
+class TextDocuments:
+    """``{"text": str, ...}`` → ``<bos> text <eos>``; no latent work at all."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tok = tokenizer
+
+    def __call__(self, index: int, example: Mapping[str, Any] | None) -> Document | None:
+        del index
+        if example is None:  # skipped by the source
+            return None
+        t = self.tok
+        ids = np.array([t.bos_id, *t.encode(example["text"]), t.eos_id], np.int32)
+        return Document(ids, source=str(example.get("source", "")))
+
+
+def make_source(config: mlc.ConfigDict):
+    """The random-access source ``config.data.source`` names."""
+    d = config.data
+    if d.source == "shapes_tones_captions":
+        from latentlm_jax.data.sources import CaptionSource
+
+        return CaptionSource(split=d.split)
+    if d.source == "text_files":
+        from latentlm_jax.data.sources import TextFileSource
+
+        if not d.text_files:
+            raise ValueError("data.text_files is empty (data.source='text_files')")
+        return TextFileSource(tuple(d.text_files))
+    if d.source == "shapes_tones":
+        from latentlm_jax.data.sources import ShapesTonesSource
+
+        return ShapesTonesSource(split=d.split)
+    if d.source == "manifest":
+        from latentlm_jax.data.manifest import ManifestSource
+
+        return ManifestSource(d.manifest, image_resolution=d.image_resolution,
+                              sample_rate=d.sample_rate, num_samples=d.audio_samples)
+    if d.source == "tfds":
+        from latentlm_jax.data.tfds_source import TfdsSource
+
+        return TfdsSource(d.tfds_name, d.tfds_split, d.tfds_data_dir or None, d.tfds_feature_map,
+                          image_resolution=d.image_resolution, sample_rate=d.sample_rate,
+                          num_samples=d.audio_samples,
+                          source_sample_rate=d.tfds_sample_rate or None)
+    if d.source == "latents":
+        from latentlm_jax.data.array_record_source import LatentArrayRecordSource
+
+        return LatentArrayRecordSource(tuple(d.latent_files))
+    raise ValueError(f"data.source must be one of {', '.join(TEXT_SOURCES + EXAMPLE_SOURCES)}; "
+                     f"got {d.source!r}")
+
+
+def latent_dim(config: mlc.ConfigDict) -> int:
+    """Width of ``latents`` in a batch (0: a text-only pipeline, no latent fields)."""
+    return max(config.model.image_latent_dim, config.model.audio_latent_dim)
+
+
+def _resolve_shard(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    index = jax.process_index() if process_index is None else int(process_index)
+    count = jax.process_count() if process_count is None else int(process_count)
+    if not 0 <= index < count:
+        raise ValueError(f"process_index {index} not in [0, {count})")
+    return index, count
+
+
+def build_document_dataset(
+    config: mlc.ConfigDict,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    tokenizer: Tokenizer | None = None,
+    policy: BadInputPolicy | None = None,
+    encode_image: Encoder | None = None,
+    encode_audio: Encoder | None = None,
+    source: Any = None,
+) -> grain.MapDataset:
+    """This process's infinite stream of documents (``None`` where an example was skipped).
+
+    Element ``k`` of process ``p`` of ``P`` is element ``k·P + p`` of the one-process stream:
+    the documents are made from the *global* stream index before the stream is sharded (lazily:
+    a process only ever reads and tokenizes its own elements).
+    """
+    d = config.data
+    process_index, process_count = _resolve_shard(process_index, process_count)
+    tokenizer = make_tokenizer(d) if tokenizer is None else tokenizer
+    if tokenizer.vocab_size > config.model.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but model.vocab_size="
+                         f"{config.model.vocab_size}")
+    policy = BadInputPolicy(d.bad_input) if policy is None else policy
+    source = make_source(config) if source is None else source
+    if len(source) == 0:
+        raise ValueError(f"data.source={d.source!r} has no examples")
+
+    ds = grain.MapDataset.source(SkippingSource(source, policy))
+    if d.shuffle:
+        ds = ds.shuffle(seed=d.seed)  # a fresh permutation per epoch (grain reseeds by epoch)
+    ds = ds.repeat(None)
+    if d.source in TEXT_SOURCES:
+        make_doc = TextDocuments(tokenizer)
+    else:
+        weights = d.get("task_weights", "") or None
+        if latent_dim(config) == 0:
+            weights, encode_image, encode_audio = {"text": 1.0}, None, None
+        elif d.source != "latents":
+            for name, dim, fn in (("image", config.model.image_latent_dim, encode_image),
+                                  ("audio", config.model.audio_latent_dim, encode_audio)):
+                if dim > 0 and fn is None:
+                    raise ValueError(
+                        f"model.{name}_latent_dim={dim} with data.source={d.source!r} needs "
+                        f"encode_{name} (the {name} VAE's normalised encoder) passed to "
+                        "build_train_iterator")
+        make_doc = SequenceBuilder(
+            tokenizer, weights=weights, encode_image=encode_image, encode_audio=encode_audio,
+            cond_drop=float(d.get("cond_drop", 0.1)),
+            max_interleaved=int(d.get("max_interleaved", 3)),
+            lookup=source.__getitem__, lookup_len=len(source),
+            seed=d.seed, policy=policy, max_len=d.seq_len)
+    ds = ds.map_with_index(make_doc)
+    return ds[process_index::process_count]
+
+
+# ---------------------------------------------------------------------------- packing
+class PackIterDataset(grain.IterDataset):
+    """Greedy packing of a document stream into rows (dicts of ``[seq_len]`` arrays).
+
+    A document that can never fit (longer than ``seq_len``) goes to ``policy`` as
+    ``BadInput("too_long")``: skipped and counted, or a ``DataError``.
+    """
+
+    def __init__(self, parent: grain.IterDataset, seq_len: int, *, latent_id: int,
+                 latent_dim: int = 0, policy: BadInputPolicy | None = None):
+        super().__init__(parent)
+        self.seq_len = seq_len
+        self.latent_id = latent_id
+        self.latent_dim = latent_dim
+        self.policy = BadInputPolicy("error") if policy is None else policy
+
+    def __iter__(self) -> _PackIterator:
+        return _PackIterator(self._parent.__iter__(), self)
+
+    def __str__(self) -> str:
+        return f"PackIterDataset(seq_len={self.seq_len}, latent_dim={self.latent_dim})"
+
+
+class _PackIterator(grain.DatasetIterator):
+    """State = the parent's state just before the first document of the next row.
+
+    After a row is returned, at most one document (the one that did not fit) is held; the state
+    then points at that document, so ``set_state`` simply rewinds the parent and rereads it.
+    """
+
+    def __init__(self, parent: grain.DatasetIterator, spec: PackIterDataset):
+        super().__init__(parent)
+        self._spec = spec
+        self._packer = RowPacker(spec.seq_len, latent_id=spec.latent_id,
+                                 latent_dim=spec.latent_dim)
+        self._carry: Document | None = None
+        self._carry_state: Any = None
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        packer, spec = self._packer, self._spec
+        if self._carry is not None:
+            packer.add(self._carry)  # fits: it was checked and the row is empty
+            self._carry = self._carry_state = None
+        while packer.used < spec.seq_len:
+            before = self._parent.get_state()
+            try:
+                doc = next(self._parent)
+            except StopIteration:
+                if packer.used:
+                    break
+                raise
+            if doc is None:
+                continue
+            try:
+                packer.check(doc)
+            except DocumentTooLong as exc:
+                detail = f"document of {exc.length} elements; seq_len is {exc.seq_len}"
+                spec.policy.handle(BadInput("too_long", detail, where=doc.source))
+                continue
+            if not packer.add(doc):
+                self._carry, self._carry_state = doc, before
+                break
+        return packer.flush()
+
+    def get_state(self) -> dict[str, Any]:
+        parent = self._carry_state if self._carry is not None else self._parent.get_state()
+        return {"parent": copy.deepcopy(parent)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(copy.deepcopy(state["parent"]))
+        self._packer.flush()
+        self._carry = self._carry_state = None
+
+    def __str__(self) -> str:
+        return f"PackIterator(seq_len={self._spec.seq_len})"
+
+
+class _AttachSkipCounts(grain.transforms.Map):
+    def __init__(self, policy: BadInputPolicy):
+        self.policy = policy
+
+    def map(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return attach_skip_counts(batch, self.policy)
+
+
+# ---------------------------------------------------------------------------- the pipeline
+def rows_per_process(config: mlc.ConfigDict, process_count: int) -> int:
+    b = config.train.global_batch_size
+    if b % process_count:
+        raise ValueError(f"train.global_batch_size={b} is not divisible by the "
+                         f"{process_count} JAX processes")
+    return b // process_count
+
+
+def build_train_dataset(
+    config: mlc.ConfigDict,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    encode_image: Encoder | None = None,
+    encode_audio: Encoder | None = None,
+    tokenizer: Tokenizer | None = None,
+) -> grain.IterDataset:
+    """The per-process batch stream as a ``grain.IterDataset`` (:func:`build_train_iterator`)."""
+    d = config.data
+    process_index, process_count = _resolve_shard(process_index, process_count)
+    tokenizer = make_tokenizer(d) if tokenizer is None else tokenizer
+    policy = BadInputPolicy(d.bad_input)
+    docs = build_document_dataset(
+        config, process_index=process_index, process_count=process_count, tokenizer=tokenizer,
+        policy=policy, encode_image=encode_image, encode_audio=encode_audio)
+    ds = docs.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS,
+                                                prefetch_buffer_size=READ_BUFFER))
+    ds = PackIterDataset(ds, d.seq_len, latent_id=tokenizer.latent_id,
+                         latent_dim=latent_dim(config), policy=policy)
+    ds = ds.batch(rows_per_process(config, process_count), drop_remainder=True)
+    ds = ds.map(_AttachSkipCounts(policy))
+    if d.num_workers > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=d.num_workers, per_worker_buffer_size=d.prefetch))
+    elif d.prefetch > 0:
+        ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=d.prefetch)
+    return ds
+
+
+def build_train_iterator(
+    config: mlc.ConfigDict,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    encode_image: Encoder | None = None,
+    encode_audio: Encoder | None = None,
+) -> grain.DatasetIterator:
+    """An endless iterator of this process's batches: dicts of NumPy arrays with leading shape
+    ``[global_batch_size / process_count, seq_len]`` (keys of docs/batch_format.md; the latent
+    keys when the model has a latent modality) plus ``"_skipped_counts"`` (a dict, see
+    ``bad_input.pop_skip_counts``). ``get_state()`` / ``set_state()`` save and resume it.
+
+    ``encode_image`` / ``encode_audio`` turn raw media into normalised latents for the
+    multimodal sources (``shapes_tones``, ``manifest``, ``tfds``).
+    """
+    if config.data.num_workers > 0:
+        _mark_absl_flags_parsed()
+    ds = build_train_dataset(config, process_index=process_index, process_count=process_count,
+                             encode_image=encode_image, encode_audio=encode_audio)
+    return iter(ds)
+
+
+def _mark_absl_flags_parsed() -> None:
+    """Grain worker processes read absl flags; entry points without absl must mark them parsed."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_global_batch(local_batch: Mapping[str, Any], mesh: Mesh,
+                      spec: PartitionSpec) -> dict[str, jax.Array]:
+    """This process's rows → global ``jax.Array``s sharded by ``spec`` over ``mesh``.
+
+    ``spec`` partitions the leading ``[batch, length]`` dims; dims beyond it (``latents``'s last)
+    are replicated. Entries that are not arrays (``"_skipped_counts"``) are left out.
+    """
+    out = {}
+    for key, value in local_batch.items():
+        if not isinstance(value, np.ndarray | jax.Array):
+            continue
+        full = PartitionSpec(*spec, *([None] * (value.ndim - len(spec))))
+        out[key] = jax.make_array_from_process_local_data(NamedSharding(mesh, full),
+                                                          np.asarray(value))
+    return out

@@ -1,0 +1,95 @@
+"""σ-VAE config fields (attached as ``config.vae``) and the latent shapes they imply.
+
+The defaults are the settings documented in docs/vae.md: a 32×32 image becomes a 4×4 grid of
+8-dim latents (×8 downsampling), one second of 16 kHz audio becomes 25 frames of 16-dim latents
+(hop 640).
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections as mlc
+
+
+def vae_defaults() -> mlc.ConfigDict:
+    v = mlc.ConfigDict()
+    v.kind = "sigma"  # sigma (mean-only encoder, fixed-scale noise) | plain (learned variance + KL)
+    v.std = 0.75  # σ-VAE: σ = n·std/0.8, n ~ N(0, 1), one σ per example, so E|σ| ≈ std
+    v.beta = 1e-2  # σ-VAE: weight of mean(μ²)
+    v.kl_weight = 1e-4  # plain VAE: weight of the KL (mean over latent elements)
+    v.dtype = "float32"  # compute dtype of the convolutions: float32 | bfloat16
+    v.eval_examples = 64  # test-split examples reconstructed at each eval
+
+    im = v.image = mlc.ConfigDict()
+    im.resolution = 32
+    im.in_channels = 3
+    im.downsample = 8  # 4 | 8 | 16 (any power of two that divides the resolution)
+    im.patch_size = 2  # space-to-depth before the stem, depth-to-space after the output conv:
+    #                    the first/last ×2 of the downsampling, with no full-resolution conv
+    im.latent_dim = 8
+    im.channels = 32  # base width; level i uses channels · channel_mult[i]
+    im.channel_mult = (1, 2, 2, 4)  # one per resolution level (log2(downsample) + 1); the last
+    #                                  value repeats when the tuple is shorter
+    im.num_res_blocks = (1,)  # residual blocks per level (encoder and decoder), last repeats
+
+    au = v.audio = mlc.ConfigDict()
+    au.sample_rate = 16000
+    au.num_samples = 16000
+    au.patch_size = 8  # samples folded into channels before the stem (undone after the output)
+    au.strides = (4, 4, 5)  # hop = patch_size · product of the strides = 640 → 25 frames/s
+    au.latent_dim = 16
+    au.channels = 32  # base width; level i (after i strides) uses channels · channel_mult[i]
+    au.channel_mult = (1, 2, 4, 4)  # one per level (len(strides) + 1), last repeats
+    au.num_res_blocks = (1,)  # per level, last repeats
+    au.kernel_size = 7  # of the residual blocks' convolutions
+
+    lo = v.loss = mlc.ConfigDict()
+    lo.recon = "l1"  # l1 | l2
+    lo.recon_weight = 1.0
+    lo.stft_weight = 1.0  # audio only: multi-resolution STFT loss
+    lo.stft_fft_sizes = (128, 512, 2048)
+    lo.stft_hops = (32, 128, 512)
+    lo.adversarial = False  # patch discriminator with hinge loss (see docs/vae.md)
+    lo.adv_weight = 0.1
+    lo.adv_start_step = 2000
+    lo.disc_channels = 32
+    lo.disc_layers = 3
+    return v
+
+
+def hop_length(v: mlc.ConfigDict) -> int:
+    """Audio samples per latent frame: patch_size · the product of the encoder strides."""
+    return v.audio.patch_size * math.prod(v.audio.strides)
+
+
+def image_levels(v: mlc.ConfigDict) -> int:
+    """Number of stride-2 convolution stages: log2(downsample / patch_size) (2 for ×8, patch 2)."""
+    d, p = v.image.downsample, v.image.patch_size
+    if d < 2 or d & (d - 1) or v.image.resolution % d:
+        raise ValueError(f"vae.image.downsample must be a power of two ≥ 2 dividing the resolution "
+                         f"{v.image.resolution}; got {d}")
+    if p < 1 or p & (p - 1) or p > d:
+        raise ValueError(f"vae.image.patch_size must be a power of two ≤ downsample={d}; got {p}")
+    return int(math.log2(d // p))
+
+
+def per_level(values: tuple[int, ...], num_levels: int) -> tuple[int, ...]:
+    """A per-level setting for ``num_levels`` levels; a shorter tuple repeats its last value."""
+    return tuple(int(values[min(i, len(values) - 1)]) for i in range(num_levels))
+
+
+def image_latent_shape(v: mlc.ConfigDict) -> tuple[int, int, int]:
+    """(height, width, latent_dim) of one image's latent grid, read in raster order."""
+    side = v.image.resolution // v.image.downsample
+    return side, side, v.image.latent_dim
+
+
+def audio_latent_shape(v: mlc.ConfigDict) -> tuple[int, int]:
+    """(frames, latent_dim) of one clip of ``num_samples``."""
+    hop = hop_length(v)
+    if v.audio.num_samples % hop:
+        raise ValueError(f"vae.audio.num_samples={v.audio.num_samples} is not a multiple of the "
+                         f"hop {hop} (patch_size {v.audio.patch_size} · product of "
+                         f"vae.audio.strides {tuple(v.audio.strides)})")
+    return v.audio.num_samples // hop, v.audio.latent_dim
