@@ -1,0 +1,113 @@
+"""The next-token diffusion head: a small adaLN-conditioned SwiGLU MLP stack.
+
+    x = W_in x_t                                   (latent_dim → width, no bias)
+    c = W_c RMSNorm(h) + W_t2 silu(W_t1 emb(t))    (condition: backbone hidden h + timestep t)
+    per block:  m = RMSNorm(x)·(1 + scale) + shift;  x = x + gate ⊙ SwiGLU(m)
+                (shift, scale, gate) = W_ada silu(c) + b_ada
+    out = W_out (RMSNorm(x)·(1 + scale) + shift),  (shift, scale) = W_fin silu(c) + b_fin
+
+Biases exist only in the adaLN projections: they give shift/scale/gate a condition-independent
+offset (as in DiT); every other projection is bias-free like the backbone. The adaLN projections
+(weights and biases) and W_out are zero-initialised, so at init each block is the identity and the
+head outputs exactly 0. Leading dims are free and broadcast: x_t [..., latent_dim], t [...] (or a
+scalar), h [..., cond_dim] — e.g. h [B, 1, L, E] against x_t [B, K, L, D] computes the condition
+projection once for K noise draws. Parameters are float32; compute runs in ``dtype``; norms in
+float32; the output is float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from latentlm_jax.diffusion.embedding import timestep_embedding
+from latentlm_jax.models.layers import Dense, RMSNorm, SwiGLU
+from latentlm_jax.parallel.logical import constrain, param
+
+
+def _constrain_act(x: jax.Array) -> jax.Array:
+    names = {2: ("batch", "act_embed"), 3: ("batch", "length", "act_embed"),
+             4: ("batch", None, "length", "act_embed")}.get(x.ndim)
+    return constrain(x, names) if names else x
+
+
+class AdaLN(nnx.Module):
+    """``n`` modulation vectors [..., n, width] = silu(c) @ W + b, W and b zero-initialised."""
+
+    def __init__(self, width: int, n: int, *, dtype: Any, rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.kernel = param(nnx.initializers.zeros, rngs.params(), (width, n, width),
+                            ("embed", None, None))
+        self.bias = param(nnx.initializers.zeros, rngs.params(), (n, width), (None, None))
+
+    def __call__(self, silu_c: jax.Array) -> jax.Array:
+        dt = self.dtype
+        out = jnp.einsum("...e,enf->...nf", silu_c.astype(dt), self.kernel[...].astype(dt))
+        return out + self.bias[...].astype(dt)
+
+
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+    return x * (1 + scale) + shift
+
+
+class HeadBlock(nnx.Module):
+    """RMSNorm → adaLN shift/scale → SwiGLU → gated residual."""
+
+    def __init__(self, width: int, mlp_dim: int, *, init_std: float, dtype: Any,
+                 rngs: nnx.Rngs):
+        self.norm = RMSNorm(width, dtype=dtype, rngs=rngs)
+        self.ada = AdaLN(width, 3, dtype=dtype, rngs=rngs)
+        self.mlp = SwiGLU(width, mlp_dim, init_std=init_std, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, silu_c: jax.Array) -> jax.Array:
+        mod = self.ada(silu_c)
+        shift, scale, gate = mod[..., 0, :], mod[..., 1, :], mod[..., 2, :]
+        h = self.mlp(modulate(self.norm(x), shift, scale))
+        return _constrain_act(x + gate * h)
+
+
+class DiffusionHead(nnx.Module):
+    """Predicts ε (or v) for a noisy latent, given the backbone hidden state and timestep."""
+
+    def __init__(self, *, latent_dim: int, cond_dim: int, width: int, depth: int,
+                 mlp_ratio: float = 4.0, freq_dim: int = 256, init_std: float = 0.02,
+                 dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.freq_dim = freq_dim
+        self.latent_dim = latent_dim
+        mlp_dim = max(1, round(width * mlp_ratio))
+        self.x_in = Dense(latent_dim, width, ("latent", "embed"), init_std=init_std, dtype=dtype,
+                          rngs=rngs)
+        self.cond_norm = RMSNorm(cond_dim, dtype=dtype, rngs=rngs)
+        self.cond_in = Dense(cond_dim, width, ("embed", None), init_std=init_std, dtype=dtype,
+                             rngs=rngs)
+        self.t_in = Dense(freq_dim, width, (None, "embed"), init_std=init_std, dtype=dtype,
+                          rngs=rngs)
+        self.t_out = Dense(width, width, ("embed", None), init_std=init_std, dtype=dtype,
+                           rngs=rngs)
+        self.blocks = nnx.List([HeadBlock(width, mlp_dim, init_std=init_std, dtype=dtype,
+                                          rngs=rngs) for _ in range(depth)])
+        self.final_norm = RMSNorm(width, dtype=dtype, rngs=rngs)
+        self.final_ada = AdaLN(width, 2, dtype=dtype, rngs=rngs)
+        self.out = Dense(width, latent_dim, ("embed", "latent"), dtype=dtype, rngs=rngs,
+                         zero_init=True)
+
+    def condition(self, hidden: jax.Array, t: jax.Array) -> jax.Array:
+        """c = W_c RMSNorm(hidden) + MLP(sinusoidal(t)), broadcast over leading dims."""
+        temb = timestep_embedding(t, self.freq_dim)
+        c_t = self.t_out(jax.nn.silu(self.t_in(temb)))
+        return self.cond_in(self.cond_norm(hidden)) + c_t
+
+    def __call__(self, x_t: jax.Array, t: jax.Array, hidden: jax.Array) -> jax.Array:
+        t = jnp.broadcast_to(jnp.asarray(t), x_t.shape[:-1]) if jnp.ndim(t) == 0 else t
+        silu_c = jax.nn.silu(self.condition(hidden, t))
+        x = _constrain_act(self.x_in(x_t))
+        x = jnp.broadcast_to(x, jnp.broadcast_shapes(x.shape, silu_c.shape))
+        for block in self.blocks:
+            x = block(x, silu_c)
+        mod = self.final_ada(silu_c)
+        x = modulate(self.final_norm(x), mod[..., 0, :], mod[..., 1, :])
+        return self.out(x).astype(jnp.float32)
