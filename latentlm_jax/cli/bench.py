@@ -15,6 +15,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(mem)
     mem.add_argument("--topology", required=True, help='TPU topology, e.g. "v5p:2x4x4"')
 
+    gen = kinds.add_parser("generate", help="generation speed of a LatentLM (tokens/s, backbone "
+                                            "vs head, decode cost at positions 64 and 512)")
+    gen.add_argument("--workdir", default="", help="a trained LatentLM run")
+    add_config_argument(gen, required=False)
+    gen.add_argument("--batch", type=int, default=8)
+    gen.add_argument("--steps", type=int, default=20, help="solver steps per latent")
+    gen.add_argument("--cfg-scale", type=float, default=3.0)
+
     data = kinds.add_parser("data", help="input pipeline throughput per source vs the train step")
     add_config_argument(data)
     data.add_argument("--sources", default="",
@@ -26,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.kind == "generate":
+        quiet_logs()
+        return _bench_generate(args)
     config = load_config(args)
     quiet_logs()
     if args.kind == "data":
@@ -74,4 +85,46 @@ def _bench_data(config, args: argparse.Namespace) -> int:
               f"({config.model.num_layers} layers × {config.model.emb_dim})")
         for name, rate in rates.items():
             print(f"  {name}: pipeline / step = {rate / step:.1f}×")
+    return 0
+
+
+def _bench_generate(args: argparse.Namespace) -> int:
+    from flax import nnx
+
+    from latentlm_jax.bench.generate import run_all
+    from latentlm_jax.config.loading import ConfigError
+    from latentlm_jax.data.tokenizer import make_tokenizer
+    from latentlm_jax.generate.generator import SamplingOptions
+
+    if args.workdir:
+        from latentlm_jax.train.checkpoint_io import load_model
+
+        model, config, _ = load_model(args.workdir)
+        source = args.workdir
+    elif args.config:
+        from latentlm_jax.models.latentlm import LatentLM
+
+        config = load_config(args)
+        model = LatentLM(config.model, rngs=nnx.Rngs(0))
+        source = f"{args.config} (random weights: speed does not depend on them)"
+    else:
+        raise ConfigError("", "bench generate needs --workdir (a trained run) or --config")
+    if not hasattr(model, "heads") or not model.dims:
+        raise ConfigError("", "bench generate needs a LatentLM with a latent modality")
+    from latentlm_jax.vae.config import image_latent_shape
+
+    h, w, _ = image_latent_shape(config.vae)
+    opts = SamplingOptions(steps=args.steps, cfg_scale=args.cfg_scale)
+    out = run_all(model, config.model, make_tokenizer(config.data), batch=args.batch,
+                  image_latents=h * w, opts=opts)
+    m = config.model
+    print(f"model: {source}: {m.num_layers} layers × {m.emb_dim}, head depth {m.head.depth}; "
+          f"batch {args.batch}, {opts.method} {opts.steps} steps, cfg {opts.cfg_scale}")
+    print(f"  latent tokens/s (end to end):   {out['latent_tokens_per_sec']:10.1f}")
+    print(f"  backbone ms per latent:         {out['backbone_ms_per_latent']:10.2f}")
+    print(f"  diffusion head ms per latent:   {out['head_ms_per_latent']:10.2f} "
+          f"({out['head_fraction']:.0%} of the time)")
+    for key, value in out.items():
+        if key.startswith("decode_ms_at_"):
+            print(f"  decode step at position {key.rsplit('_', 1)[1]:>4}:  {value:10.2f} ms")
     return 0

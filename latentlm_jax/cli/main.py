@@ -9,6 +9,7 @@ from latentlm_jax.config.loading import ConfigError
 
 COMMANDS = {
     "train": ("latentlm_jax.cli.train", "train a model from a config file into --workdir"),
+    "generate": ("latentlm_jax.cli.generate", "generate images, audio or captions with a LatentLM"),
     "encode": ("latentlm_jax.cli.encode", "encode a dataset into latents with a trained σ-VAE"),
     "bench": ("latentlm_jax.cli.bench", "benchmarks that print figures"),
 }

@@ -1,0 +1,204 @@
+"""Token-by-token generation over mixed text / latent sequences with a KV cache.
+
+* text → latents (text→image, text→audio): the prompt ``<bos> caption <boi>`` is prefilled, then
+  each next latent is sampled by a diffusion solver on the modality's head, conditioned on the last
+  hidden state, and fed back through the latent input projection. Image spans have a fixed length;
+  audio spans end when the LM head prefers ``<eoa>`` to ``<latent>`` (or at a maximum).
+* latents → text (captioning, transcription): ``<bos> <boi> z… <eoi>`` is prefilled, then text is
+  sampled (temperature / top-k / top-p) until ``<eos>``.
+
+Classifier-free guidance runs the conditional stream (with the caption) and the unconditional stream
+(caption dropped, as in training) as separate rows of one batch, so each has its own cache rows and
+both advance in one call: ε = ε_u + s·(ε_c − ε_u).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from latentlm_jax.diffusion import samplers
+from latentlm_jax.diffusion.schedules import make_schedule
+from latentlm_jax.generate.text_sampling import sample_tokens
+from latentlm_jax.models.latentlm import AUDIO, IMAGE, LatentLM
+from latentlm_jax.models.transformer import init_cache
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingOptions:
+    method: str = "dpm++2m"  # ddpm | ddim | dpm++2m
+    steps: int = 20
+    cfg_scale: float = 3.0
+    temperature: float = 1.0  # latent sampling temperature (initial / injected noise scale)
+    text_temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0
+    top_p: float = 1.0
+    max_text_tokens: int = 64
+    max_audio_latents: int = 64
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Left-pads token rows to one length: (tokens, valid, positions), positions from 0 per row."""
+    n = max(len(r) for r in rows)
+    tokens = np.full((len(rows), n), pad_id, np.int32)
+    valid = np.zeros((len(rows), n), bool)
+    positions = np.zeros((len(rows), n), np.int32)
+    for i, r in enumerate(rows):
+        tokens[i, n - len(r):] = r
+        valid[i, n - len(r):] = True
+        positions[i, n - len(r):] = np.arange(len(r))
+    return tokens, valid, positions
+
+
+class Generator:
+    """Wraps a trained :class:`LatentLM`; all per-token work runs in jitted functions."""
+
+    def __init__(self, model: LatentLM, model_cfg, tokenizer, *, image_latents: int = 0):
+        self.cfg = model_cfg
+        self.tok = tokenizer
+        self.image_latents = image_latents
+        self.graphdef, self.params = nnx.split(model, nnx.Param)
+        self.schedule = make_schedule(model_cfg.diffusion.schedule)
+        self.prediction = model_cfg.diffusion.prediction
+
+    # -- jitted pieces ------------------------------------------------------------------------
+    @functools.partial(jax.jit, static_argnums=(0,), donate_argnames=("cache",))
+    def _prefill(self, params, tokens, modality, latents, valid, positions, cache):
+        model = nnx.merge(self.graphdef, params)
+        x = model.embed_inputs(tokens, modality, latents)
+        h, cache = model.decoder.extend(x, positions, valid, cache, jnp.int32(0))
+        return h[:, -1], cache
+
+    @functools.partial(jax.jit, static_argnums=(0, 1, 2), static_argnames=("guided_rows",),
+                       donate_argnames=("cache",))
+    def _latent_step(self, modality: int, opts: SamplingOptions, params, h, cache, start, pos,
+                     key, *, guided_rows: int):
+        """Samples the next latent for every row from hidden states h [R, E] (cond rows first,
+        then ``guided_rows`` unconditional rows when guidance is on), feeds it back."""
+        model = nnx.merge(self.graphdef, params)
+        head = model.head(modality)
+        dim = model.dims[modality]
+        n = h.shape[0] - guided_rows  # conditional rows
+        if guided_rows:
+            def eps_fn(x_t, t):
+                both = jnp.concatenate([x_t, x_t], axis=0)
+                tt = jnp.broadcast_to(t, (both.shape[0],))
+                out = head(both, tt, h)
+                cond, uncond = out[:n], out[n:]
+                return uncond + opts.cfg_scale * (cond - uncond)
+        else:
+            def eps_fn(x_t, t):
+                return head(x_t, jnp.broadcast_to(t, (x_t.shape[0],)), h)
+
+        z = samplers.sample(opts.method, eps_fn, (n, dim), key, num_steps=opts.steps,
+                            schedule=self.schedule, temperature=opts.temperature,
+                            prediction=self.prediction)
+        feed = jnp.concatenate([z, z], axis=0) if guided_rows else z
+        x = model.latent_in[_name(modality)](feed)[:, None, :].astype(model.embed.dtype)
+        valid = jnp.ones((feed.shape[0], 1), bool)
+        h2, cache = model.decoder.extend(x, pos[:, None], valid, cache, start)
+        logits = model.logits(h2)[:, 0]
+        return z, h2[:, 0], logits, cache
+
+    @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnames=("cache",))
+    def _text_step(self, opts: SamplingOptions, params, h, cache, start, pos, key):
+        model = nnx.merge(self.graphdef, params)
+        logits = model.logits(h[:, None])[:, 0]
+        token = sample_tokens(key, logits, temperature=opts.text_temperature, top_k=opts.top_k,
+                              top_p=opts.top_p)
+        x = model.embed(token[:, None])
+        valid = jnp.ones((token.shape[0], 1), bool)
+        h2, cache = model.decoder.extend(x, pos[:, None], valid, cache, start)
+        return token, h2[:, 0], cache
+
+    # -- public API ---------------------------------------------------------------------------
+    def text_to_latents(self, prompts: list[str], modality: int, key: jax.Array,
+                        opts: SamplingOptions | None = None) -> list[np.ndarray]:
+        """One latent sequence [N_i, D] (normalised space) per prompt."""
+        opts = opts or SamplingOptions()
+        t = self.tok
+        begin = t.boi_id if modality == IMAGE else t.boa_id
+        rows = [[t.bos_id, *t.encode(p), begin] for p in prompts]
+        guided = opts.cfg_scale != 1.0
+        if guided:
+            rows += [[t.bos_id, begin]] * len(prompts)
+        n = len(prompts)
+        length = self.image_latents if modality == IMAGE else opts.max_audio_latents
+        tokens, valid, positions = left_pad(rows, t.pad_id)
+        r, p = tokens.shape
+        cache = init_cache(self.cfg, r, p + length + 1)
+        h, cache = self._prefill(self.params, jnp.asarray(tokens), None, None, jnp.asarray(valid),
+                                 jnp.asarray(positions), cache)
+        pos = positions[:, -1] + 1
+        out, done = [], np.zeros(n, bool)
+        ends = np.full(n, length)
+        for i in range(length):
+            key, sub = jax.random.split(key)
+            z, h, logits, cache = self._latent_step(
+                modality, opts, self.params, h, cache, jnp.int32(p + i), jnp.asarray(pos + i), sub,
+                guided_rows=n if guided else 0)
+            out.append(np.asarray(z))
+            if modality == AUDIO:
+                # Stop where the LM head prefers ending the span to another latent.
+                logits = np.asarray(logits[:n])
+                stop = logits[:, t.eoa_id] > logits[:, t.latent_id]
+                newly = stop & ~done
+                ends[newly] = i + 1
+                done |= stop
+                if done.all():
+                    break
+        stacked = np.stack(out, axis=1)  # [n, steps, D]
+        return [stacked[j, : ends[j]] for j in range(n)]
+
+    def latents_to_text(self, latents: list[np.ndarray], modality: int, key: jax.Array,
+                        opts: SamplingOptions | None = None) -> list[str]:
+        """Captions / transcriptions for latent sequences (normalised space)."""
+        opts = opts or SamplingOptions()
+        t = self.tok
+        begin, end = (t.boi_id, t.eoi_id) if modality == IMAGE else (t.boa_id, t.eoa_id)
+        dim = self.cfg.image_latent_dim if modality == IMAGE else self.cfg.audio_latent_dim
+        width = max(self.cfg.image_latent_dim, self.cfg.audio_latent_dim)
+        rows = [[t.bos_id, begin, *([t.latent_id] * len(z)), end] for z in latents]
+        tokens, valid, positions = left_pad(rows, t.pad_id)
+        r, p = tokens.shape
+        mod = np.zeros((r, p), np.int8)
+        lat = np.zeros((r, p, width), np.float32)
+        for i, z in enumerate(latents):
+            s = p - len(z) - 1
+            mod[i, s: s + len(z)] = modality
+            lat[i, s: s + len(z), :dim] = z
+        cache = init_cache(self.cfg, r, p + opts.max_text_tokens)
+        h, cache = self._prefill(self.params, jnp.asarray(tokens), jnp.asarray(mod),
+                                 jnp.asarray(lat), jnp.asarray(valid), jnp.asarray(positions),
+                                 cache)
+        pos = positions[:, -1] + 1
+        ids: list[list[int]] = [[] for _ in range(r)]
+        finished = np.zeros(r, bool)
+        for i in range(opts.max_text_tokens):
+            key, sub = jax.random.split(key)
+            token, h, cache = self._text_step(opts, self.params, h, cache, jnp.int32(p + i),
+                                              jnp.asarray(pos + i), sub)
+            token = np.asarray(token)
+            for j in range(r):
+                if not finished[j]:
+                    if token[j] == t.eos_id:
+                        finished[j] = True
+                    else:
+                        ids[j].append(int(token[j]))
+            if finished.all():
+                break
+        return [t.decode(x) for x in ids]
+
+
+def _name(modality: int) -> str:
+    return {IMAGE: "image", AUDIO: "audio"}[modality]
+
+
+def describe(opts: SamplingOptions) -> dict[str, Any]:
+    return dataclasses.asdict(opts)

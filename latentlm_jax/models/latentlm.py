@@ -1,0 +1,79 @@
+"""LatentLM: one causal Transformer over interleaved text tokens and continuous latents.
+
+Inputs: token embeddings at text positions, a linear projection of the (normalised) latent at latent
+positions (one projection per modality). Outputs: LM logits (cross-entropy on text targets) and, for
+every position whose next element is a latent, the hidden state that conditions that modality's
+next-token diffusion head.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+from flax import nnx
+
+from latentlm_jax.models.diffusion_head import DiffusionHead
+from latentlm_jax.models.layers import Dense
+from latentlm_jax.models.transformer import TextLM, compute_dtype
+from latentlm_jax.parallel.logical import constrain
+
+IMAGE, AUDIO = 1, 2
+
+
+class DiffusionSettings(NamedTuple):
+    schedule: str
+    prediction: str
+    batch_mul: int
+    loss_weight: float
+
+
+MODALITY_NAMES = {IMAGE: "image", AUDIO: "audio"}
+
+
+def latent_dims(cfg: mlc.ConfigDict) -> dict[int, int]:
+    """Enabled continuous modalities → latent dim."""
+    dims = {IMAGE: cfg.image_latent_dim, AUDIO: cfg.audio_latent_dim}
+    return {m: d for m, d in dims.items() if d > 0}
+
+
+class LatentLM(TextLM):
+    """TextLM + per-modality latent input projections and diffusion heads."""
+
+    def __init__(self, cfg: mlc.ConfigDict, *, rngs: nnx.Rngs):
+        super().__init__(cfg, rngs=rngs)
+        d = cfg.diffusion
+        # Plain values (static, hashable) for the loss and the samplers.
+        self.diffusion = DiffusionSettings(d.schedule, d.prediction, d.batch_mul, d.loss_weight)
+        dt = compute_dtype(cfg)
+        width = cfg.head.width or cfg.emb_dim
+        self.dims = latent_dims(cfg)
+        self.latent_in = nnx.Dict({
+            MODALITY_NAMES[m]: Dense(d, cfg.emb_dim, ("latent", "embed"), init_std=cfg.init_std,
+                                     dtype=dt, rngs=rngs)
+            for m, d in self.dims.items()})
+        self.heads = nnx.Dict({
+            MODALITY_NAMES[m]: DiffusionHead(latent_dim=d, cond_dim=cfg.emb_dim, width=width,
+                                             depth=cfg.head.depth, mlp_ratio=cfg.head.mlp_ratio,
+                                             dtype=dt, rngs=rngs)
+            for m, d in self.dims.items()})
+
+    def embed_inputs(self, tokens: jax.Array, modality: jax.Array | None,
+                     latents: jax.Array | None) -> jax.Array:
+        """[B, L, E] input embeddings: tokens, with latent positions replaced by projections."""
+        x = self.embed(tokens)
+        if modality is None or latents is None:
+            return x
+        for m, d in self.dims.items():
+            proj = self.latent_in[MODALITY_NAMES[m]](latents[..., :d])
+            x = jnp.where((modality == m)[..., None], proj.astype(x.dtype), x)
+        return constrain(x, ("batch", "length", "act_embed"))
+
+    def hidden(self, batch: dict[str, jax.Array]) -> jax.Array:
+        x = self.embed_inputs(batch["tokens"], batch.get("modality"), batch.get("latents"))
+        return self.decoder(x, batch["positions"], batch["segment_ids"])
+
+    def head(self, modality: int):
+        return self.heads[MODALITY_NAMES[modality]]
