@@ -145,3 +145,25 @@ def test_ema_follows_its_definition():
     for e, p, b in zip(jax.tree.leaves(state["ema"]), jax.tree.leaves(state["params"]),
                        jax.tree.leaves(before), strict=True):
         np.testing.assert_allclose(e, 0.9 * b + 0.1 * np.asarray(p), rtol=1e-6, atol=1e-7)
+
+
+def test_bad_input_is_skipped_and_counted_in_metrics(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    lines = [b"a short line %d" % i for i in range(40)]
+    lines[5] = b"x" * 200  # longer than seq_len 32
+    lines[9] = b"broken \xff\xfe utf-8"
+    corpus.write_bytes(b"\n".join(lines))
+    c = tiny_config()
+    c.data.source, c.data.text_files = "text_files", (str(corpus),)
+    c.train.num_steps = 4
+    train(c, str(tmp_path / "w"), devices=jax.devices()[:1])
+    with open(tmp_path / "w" / "metrics.jsonl") as f:
+        last = [json.loads(line) for line in f][-1]
+    assert last["data/skipped/too_long"] >= 1
+    assert last["data/skipped/invalid_utf8"] >= 1
+
+    c.data.bad_input = "error"
+    from latentlm_jax.data.bad_input import DataError
+
+    with pytest.raises(DataError, match="too_long|invalid_utf8"):
+        train(c, str(tmp_path / "w_error"), devices=jax.devices()[:1])

@@ -11,6 +11,7 @@ COMMANDS = {
     "train": ("latentlm_jax.cli.train", "train a model from a config file into --workdir"),
     "generate": ("latentlm_jax.cli.generate", "generate images, audio or captions with a LatentLM"),
     "encode": ("latentlm_jax.cli.encode", "encode a dataset into latents with a trained σ-VAE"),
+    "tokenizer": ("latentlm_jax.cli.tokenizer", "train a SentencePiece tokenizer on text files"),
     "bench": ("latentlm_jax.cli.bench", "benchmarks that print figures"),
 }
 
