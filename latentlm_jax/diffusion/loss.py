@@ -6,7 +6,8 @@ With α = √ᾱ_t, σ = √(1 − ᾱ_t) (so α² + σ² = 1) and x_t = α x₀
     v  = α ε − σ x₀                x₀ = α x_t − σ v          ε = σ x_t + α v
     v  = (ε − σ x_t) / α           v = (α x_t − x₀) / σ
 
-``alpha``/``sigma`` below are arrays broadcastable against x (e.g. ``schedule.alpha_t(t)[..., None]``).
+``alpha``/``sigma`` below are arrays broadcastable against x, e.g.
+``schedule.alpha_t(t)[..., None]``.
 """
 
 from __future__ import annotations

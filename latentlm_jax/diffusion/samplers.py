@@ -10,8 +10,8 @@ last step, from τ_{M−1} to zero noise (α = 1, σ = 0), returns the predicted
 * ``ddpm``: ancestral sampling from the posterior q(x_{τ_{i+1}} | x_{τ_i}, x̂₀) of the respaced
   chain (β' = 1 − ᾱ_{τ_i}/ᾱ_{τ_{i+1}}, variance β̃ = β'(1 − ᾱ_{τ_{i+1}})/(1 − ᾱ_{τ_i})); with
   M = T it is the original 1000-step DDPM.
-* ``ddim``: x_{s} = α_s x̂₀ + √(σ_s² − η²c²) ε̂ + η c z, c² = (σ_s²/σ_t²)(1 − α_t²/α_s²);
-  η = 0 is deterministic, η = 1 equals ``ddpm``.
+* ``ddim``: x_s = α_s x̂₀ + √(σ_s² − c²) ε̂ + c z with c = η (σ_s/σ_t) √(1 − α_t²/α_s²)
+  (s = τ_{i+1}, t = τ_i); η = 0 is deterministic, η = 1 equals ``ddpm``.
 * ``dpm++2m``: DPM-Solver++(2M), data prediction, multistep; first step first-order, the final
   step (to σ = 0) first-order, second-order in between.
 
