@@ -15,7 +15,6 @@ fields (e.g. ``height``/``width`` of the latent grid, ``label``).
 from __future__ import annotations
 
 import glob
-import operator
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
 from latentlm_jax.data.bad_input import BadInput
+from latentlm_jax.data.indexing import check_index
 
 MODALITIES = ("image", "audio")
 _NDARRAY_EXT = 1
@@ -158,12 +158,7 @@ class LatentArrayRecordSource:
         return int(self._offsets[-1])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        i = operator.index(index)
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"index {index} out of range for {n} latent records")
+        i = check_index(index, len(self), "latent records")
         shard = int(np.searchsorted(self._offsets, i, side="right")) - 1
         where = f"array_record:{self.paths[shard]}:{i - int(self._offsets[shard])}"
         try:

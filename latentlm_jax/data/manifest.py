@@ -16,13 +16,13 @@ UTF-8 on one line only affects that line.
 from __future__ import annotations
 
 import json
-import operator
 import os
 from typing import Any
 
 import numpy as np
 
 from latentlm_jax.data.bad_input import BadInput
+from latentlm_jax.data.indexing import check_index
 from latentlm_jax.data.media import load_audio, load_image
 
 KEYS = ("text", "image", "audio")
@@ -61,12 +61,7 @@ class ManifestSource:
         return int(self._starts.shape[0])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        i = operator.index(index)
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"index {index} out of range for a manifest of {n} examples")
+        i = check_index(index, len(self), "manifest examples")
         line = int(self._line_numbers[i])
         where = f"manifest:{self.path}:{line}"
         with open(self.path, "rb") as f:

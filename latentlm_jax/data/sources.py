@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import operator
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from latentlm_jax.data.bad_input import BadInput
+from latentlm_jax.data.indexing import check_index
 from latentlm_jax.data.manifest import check_text, index_lines
 
 # grain's global shuffle permutes 32-bit indices, so a source is at most this long.
@@ -51,7 +51,7 @@ class CaptionSource:
         return self._len
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        i = _check_index(index, self._len)
+        i = check_index(index, self._len, "documents")
         example_index, which = divmod(i, 2)
         if which:  # the pitches are drawn after the image: generate the example
             key, text = "audio_caption", self._ds[example_index]["audio_caption"]
@@ -82,7 +82,7 @@ class ShapesTonesSource:
         return self._len
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        i = _check_index(index, self._len)
+        i = check_index(index, self._len, "documents")
         example = dict(self._ds[i])
         example["source"] = f"shapes_tones:{self.split}:{i}"
         return example
@@ -148,7 +148,7 @@ class TextFileSource:
         return fd
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        i = _check_index(index, len(self))
+        i = check_index(index, len(self), "documents")
         k, line = int(self._files[i]), int(self._lines[i])
         start, end = int(self._starts[i]), int(self._ends[i])
         where = f"text_file:{self.paths[k]}:{line}"
@@ -178,12 +178,3 @@ class TextFileSource:
 
     def __repr__(self) -> str:
         return f"TextFileSource({len(self.paths)} files, {len(self)} documents)"
-
-
-def _check_index(index: int, n: int) -> int:
-    i = operator.index(index)
-    if i < 0:
-        i += n
-    if not 0 <= i < n:
-        raise IndexError(f"index {index} out of range for a source of {n} documents")
-    return i

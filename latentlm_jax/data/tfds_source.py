@@ -14,7 +14,6 @@ are named with ``/`` (``"meta/caption"``). Values are converted like manifest fi
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from latentlm_jax.data.bad_input import BadInput
+from latentlm_jax.data.indexing import check_index
 from latentlm_jax.data.manifest import KEYS, check_text
 from latentlm_jax.data.media import decode_image_bytes, prepare_audio_array, prepare_image_array
 
@@ -60,12 +60,7 @@ class TfdsSource:
         return len(self._ds)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        i = operator.index(index)
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"index {index} out of range for {n} examples")
+        i = check_index(index, len(self))
         where = f"tfds:{self.name}/{self.split}:{i}"
         try:
             example = self._convert(self._read(i))
