@@ -85,16 +85,12 @@ class Generator:
         head = model.head(modality)
         dim = model.dims[modality]
         n = h.shape[0] - guided_rows  # conditional rows
-        if guided_rows:
-            def eps_fn(x_t, t):
-                both = jnp.concatenate([x_t, x_t], axis=0)
-                tt = jnp.broadcast_to(t, (both.shape[0],))
-                out = head(both, tt, h)
-                cond, uncond = out[:n], out[n:]
-                return uncond + opts.cfg_scale * (cond - uncond)
-        else:
-            def eps_fn(x_t, t):
-                return head(x_t, jnp.broadcast_to(t, (x_t.shape[0],)), h)
+
+        def joint_fn(x_t, t):  # every row of h: the conditional, then the unconditional ones
+            return head(x_t, jnp.broadcast_to(t, (x_t.shape[0],)), h)
+
+        eps_fn = samplers.batched_cfg_model_fn(joint_fn, opts.cfg_scale) if guided_rows \
+            else joint_fn
 
         z = samplers.sample(opts.method, eps_fn, (n, dim), key, num_steps=opts.steps,
                             schedule=self.schedule, temperature=opts.temperature,
