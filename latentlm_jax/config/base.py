@@ -70,6 +70,9 @@ def base_config() -> mlc.ConfigDict:
     df.prediction = "eps"  # eps | v
     df.batch_mul = 4  # (t, ε) draws per latent per backbone pass ("ddpm_batch_mul")
     df.loss_weight = 1.0  # λ in CE + λ·diffusion
+    # > 0: run the head only on each row's latent targets, gathered into ceil(f · seq_len) slots per
+    # row and modality (targets beyond that are dropped and counted); 0 = every position, masked.
+    df.target_fraction = 0.0
 
     # ------------------------------------------------------------------ data
     d = c.data = mlc.ConfigDict()

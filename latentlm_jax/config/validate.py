@@ -88,6 +88,9 @@ def check_values(config: mlc.ConfigDict) -> None:
     for field in ("image_latent_dim", "audio_latent_dim"):
         if m[field] < 0:
             raise ConfigError(f"model.{field}", f"must be ≥ 0 (0 = off), got {m[field]}")
+    if not 0.0 <= m.diffusion.target_fraction <= 1.0:
+        raise ConfigError("model.diffusion.target_fraction",
+                          f"must be in [0, 1], got {m.diffusion.target_fraction}")
     if m.head.width < 0 or m.diffusion.loss_weight < 0:
         raise ConfigError("model.head.width", "head width and diffusion loss weight must be ≥ 0")
 

@@ -28,6 +28,7 @@ class DiffusionSettings(NamedTuple):
     prediction: str
     batch_mul: int
     loss_weight: float
+    target_fraction: float
 
 
 MODALITY_NAMES = {IMAGE: "image", AUDIO: "audio"}
@@ -46,7 +47,8 @@ class LatentLM(TextLM):
         super().__init__(cfg, rngs=rngs)
         d = cfg.diffusion
         # Plain values (static, hashable) for the loss and the samplers.
-        self.diffusion = DiffusionSettings(d.schedule, d.prediction, d.batch_mul, d.loss_weight)
+        self.diffusion = DiffusionSettings(d.schedule, d.prediction, d.batch_mul, d.loss_weight,
+                                           d.target_fraction)
         dt = compute_dtype(cfg)
         width = cfg.head.width or cfg.emb_dim
         self.dims = latent_dims(cfg)

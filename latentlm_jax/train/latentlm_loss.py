@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
 from latentlm_jax.diffusion.loss import diffusion_loss
 from latentlm_jax.diffusion.schedules import make_schedule
 from latentlm_jax.models.latentlm import MODALITY_NAMES
+from latentlm_jax.parallel.logical import constrain
 from latentlm_jax.train.lm_task import masked_cross_entropy
+
+
+def gather_targets(mask: jax.Array, capacity: int, *arrays: jax.Array
+                   ) -> tuple[jax.Array, jax.Array, list[jax.Array]]:
+    """Per row, the first ``capacity`` positions where ``mask`` [B, L] holds, gathered from each
+    [B, L, ...] array into [B, capacity, ...]; returns (valid [B, capacity], dropped count,
+    gathered arrays). Rows stay rows, so a batch-sharded layout is kept."""
+    idx = jax.vmap(lambda m: jnp.nonzero(m, size=capacity, fill_value=0)[0])(mask)
+    count = mask.sum(axis=1)
+    valid = jnp.arange(capacity)[None, :] < count[:, None]
+    dropped = jnp.maximum(count - capacity, 0).sum()
+    out = [jnp.take_along_axis(a, idx.reshape(idx.shape + (1,) * (a.ndim - 2)), axis=1)
+           for a in arrays]
+    return valid, dropped, out
 
 
 def latentlm_loss(model, batch: dict[str, jax.Array], rng: jax.Array
@@ -22,14 +39,19 @@ def latentlm_loss(model, batch: dict[str, jax.Array], rng: jax.Array
     metrics = {"ce": ce, "ce_tokens": count}
     next_latents = jnp.roll(batch["latents"], -1, axis=1)
     schedule = make_schedule(cfg.schedule)
+    seq_len = hidden.shape[1]
     for m, dim in model.dims.items():
-        mask = batch["latent_mask"] & (batch["latent_modality"] == m)
-        loss_m, _ = diffusion_loss(model.head(m), next_latents[..., :dim], hidden, mask,
-                                   jax.random.fold_in(rng, m), schedule,
-                                   batch_mul=cfg.batch_mul,
-                                   prediction=cfg.prediction)
-        total = total + cfg.loss_weight * loss_m
         name = MODALITY_NAMES[m]
+        mask = batch["latent_mask"] & (batch["latent_modality"] == m)
+        x0, cond = next_latents[..., :dim], hidden
+        if cfg.target_fraction > 0:
+            capacity = max(1, math.ceil(cfg.target_fraction * seq_len))
+            mask, dropped, (x0, cond) = gather_targets(mask, capacity, x0, cond)
+            cond = constrain(cond, ("batch", "length", "act_embed"))
+            metrics[f"{name}_latents_dropped"] = dropped
+        loss_m, _ = diffusion_loss(model.head(m), x0, cond, mask, jax.random.fold_in(rng, m),
+                                   schedule, batch_mul=cfg.batch_mul, prediction=cfg.prediction)
+        total = total + cfg.loss_weight * loss_m
         metrics[f"diff/{name}"] = loss_m
         metrics[f"{name}_latents"] = mask.sum()
     return total, metrics
