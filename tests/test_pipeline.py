@@ -390,3 +390,27 @@ def test_multimodal_pipeline_shapes_tones():
                                  encode_audio=encode_audio)
     fresh.set_state(state)
     assert_batches_equal(take(fresh, 2), expected)
+
+
+@pytest.mark.parametrize("weights", ["", "text_to_image=1,audio_to_text=1"])
+def test_pre_encoded_latents_need_no_encoder(tmp_path, weights):
+    """data.source="latents": records carry their latents, so media tasks are built from them
+    (regression: they used to be zero-weighted or rejected for lack of an encoder)."""
+    from latentlm_jax.data.array_record_source import write_latents
+
+    rng = np.random.default_rng(0)
+    image = tmp_path / "img.array_record"
+    audio = tmp_path / "aud.array_record"
+    write_latents(str(image), [{"latents": rng.normal(size=(4, 3)).astype(np.float32),
+                                "caption": f"shape {i}", "modality": "image"} for i in range(8)])
+    write_latents(str(audio), [{"latents": rng.normal(size=(5, 6)).astype(np.float32),
+                                "caption": f"notes {i}", "modality": "audio"} for i in range(8)])
+    c = base_config()
+    c.model.image_latent_dim, c.model.audio_latent_dim = 3, 6
+    c.data.source, c.data.latent_files, c.data.seq_len = "latents", (str(image), str(audio)), 64
+    c.data.task_weights = weights
+    c.train.global_batch_size = 4
+    batch = next(build_train_iterator(c, process_index=0, process_count=1))
+    assert (batch["modality"] == 1).sum() > 0 and (batch["modality"] == 2).sum() > 0
+    assert batch["latent_mask"].sum() > 0
+    assert batch["latents"].shape == (4, 64, 6)

@@ -154,7 +154,7 @@ def build_document_dataset(
             cond_drop=float(d.get("cond_drop", 0.1)),
             max_interleaved=int(d.get("max_interleaved", 3)),
             lookup=source.__getitem__, lookup_len=len(source),
-            seed=d.seed, policy=policy, max_len=d.seq_len)
+            seed=d.seed, policy=policy, max_len=d.seq_len, pre_encoded=d.source == "latents")
     ds = ds.map_with_index(make_doc)
     return ds[process_index::process_count]
 

@@ -139,11 +139,14 @@ class SequenceBuilder:
         seed: int = 0,
         policy: BadInputPolicy | None = None,
         max_len: int | None = None,
+        pre_encoded: bool = False,
     ):
+        """``pre_encoded``: the examples carry their own latents (``data.source="latents"``), so
+        no task needs an encoder."""
         self.tok = tokenizer
         self.encoders = {IMAGE: encode_image, AUDIO: encode_audio}
         self.weights = parse_task_weights(weights)
-        for task, mods in _NEEDS.items():
+        for task, mods in ({} if pre_encoded else _NEEDS).items():
             if self.weights[task] > 0 and mods and not any(self.encoders[m] for m in mods):
                 if weights:  # asked for explicitly
                     raise ValueError(f"task {task!r} needs an encoder for "
