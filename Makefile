@@ -18,8 +18,10 @@ $(STAMP): setup.py $(BIN)/python
 
 install: $(STAMP)
 
+# The main job on the built-in data. Until the multimodal `latentlm demo` lands (issue #6) this trains
+# the text LM on the built-in captions; then it becomes `latentlm demo --workdir runs/demo`.
 demo: $(STAMP)
-	$(BIN)/latentlm demo --workdir runs/demo
+	$(BIN)/latentlm train --config configs/lm_tiny.py --workdir runs/demo/lm_tiny
 
 test: $(STAMP)
 	$(BIN)/ruff check latentlm_jax configs launch tests
