@@ -2,7 +2,7 @@
 
 The defaults are the settings documented in docs/vae.md: a 32×32 image becomes a 4×4 grid of
 8-dim latents (×8 downsampling), one second of 16 kHz audio becomes 25 frames of 16-dim latents
-(hop 640).
+(hop 640 = STFT hop 320 × stride 2).
 """
 
 from __future__ import annotations
@@ -29,27 +29,33 @@ def vae_defaults() -> mlc.ConfigDict:
     #                    the first/last ×2 of the downsampling, with no full-resolution conv
     im.latent_dim = 8
     im.channels = 32  # base width; level i uses channels · channel_mult[i]
-    im.channel_mult = (1, 2, 2, 4)  # one per resolution level (log2(downsample) + 1); the last
-    #                                  value repeats when the tuple is shorter
+    im.channel_mult = (1, 2, 4)  # one per level (log2(downsample / patch_size) + 1); the last
+    #                              value repeats when the tuple is shorter
     im.num_res_blocks = (1,)  # residual blocks per level (encoder and decoder), last repeats
+    im.squash_output = True  # tanh on the decoder output: flat white background and sharp edges
+    #                          come cheap (inputs are in [-1, 1])
 
     au = v.audio = mlc.ConfigDict()
     au.sample_rate = 16000
     au.num_samples = 16000
-    au.patch_size = 8  # samples folded into channels before the stem (undone after the output)
-    au.strides = (4, 4, 5)  # hop = patch_size · product of the strides = 640 → 25 frames/s
+    au.representation = "stft"  # stft (log|STFT| in; log-magnitude + phase + iSTFT out) | waveform
+    au.stft_hop = 320  # stft: STFT hop (n_fft = 4·hop, 12.5 Hz bins) = the conv stacks' full rate
+    au.patch_size = 8  # waveform: samples folded into channels before the stem, unfolded after
+    au.strides = (2,)  # strided convs after the front end: hop = 320 · 2 = 640 → 25 frames/s
     au.latent_dim = 16
-    au.channels = 32  # base width; level i (after i strides) uses channels · channel_mult[i]
-    au.channel_mult = (1, 2, 4, 4)  # one per level (len(strides) + 1), last repeats
+    au.channels = 64  # base width; level i (after i strides) uses channels · channel_mult[i]
+    au.channel_mult = (1, 2)  # one per level (len(strides) + 1), last repeats
     au.num_res_blocks = (1,)  # per level, last repeats
-    au.kernel_size = 7  # of the residual blocks' convolutions
+    au.kernel_size = 7  # of the stem, output and residual-block convolutions
 
     lo = v.loss = mlc.ConfigDict()
-    lo.recon = "l1"  # l1 | l2
-    lo.recon_weight = 1.0
+    lo.recon = "l2"  # l1 | l2 | l1_l2 (sum of both)
+    lo.recon_weight = 1.0  # audio configs use 0: the phase-blind STFT loss alone (docs/vae.md)
     lo.stft_weight = 1.0  # audio only: multi-resolution STFT loss
     lo.stft_fft_sizes = (128, 512, 2048)
     lo.stft_hops = (32, 128, 512)
+    lo.stft_floor = 1e-2  # |X| → sqrt(|X|² + floor²) before the log, so the (exactly silent)
+    #                       gaps between notes do not dominate the log-magnitude term
     lo.adversarial = False  # patch discriminator with hinge loss (see docs/vae.md)
     lo.adv_weight = 0.1
     lo.adv_start_step = 2000
@@ -59,8 +65,10 @@ def vae_defaults() -> mlc.ConfigDict:
 
 
 def hop_length(v: mlc.ConfigDict) -> int:
-    """Audio samples per latent frame: patch_size · the product of the encoder strides."""
-    return v.audio.patch_size * math.prod(v.audio.strides)
+    """Audio samples per latent frame: (stft_hop or patch_size) · the product of the strides."""
+    au = v.audio
+    base = au.stft_hop if au.representation == "stft" else au.patch_size
+    return base * math.prod(au.strides)
 
 
 def image_levels(v: mlc.ConfigDict) -> int:
@@ -90,6 +98,6 @@ def audio_latent_shape(v: mlc.ConfigDict) -> tuple[int, int]:
     hop = hop_length(v)
     if v.audio.num_samples % hop:
         raise ValueError(f"vae.audio.num_samples={v.audio.num_samples} is not a multiple of the "
-                         f"hop {hop} (patch_size {v.audio.patch_size} · product of "
+                         f"hop {hop} (vae.audio.stft_hop or patch_size · product of "
                          f"vae.audio.strides {tuple(v.audio.strides)})")
     return v.audio.num_samples // hop, v.audio.latent_dim
