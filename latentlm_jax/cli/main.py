@@ -10,9 +10,11 @@ from latentlm_jax.config.loading import ConfigError
 COMMANDS = {
     "train": ("latentlm_jax.cli.train", "train a model from a config file into --workdir"),
     "generate": ("latentlm_jax.cli.generate", "generate images, audio or captions with a LatentLM"),
+    "eval": ("latentlm_jax.cli.eval", "reconstruction quality and latent diagnostics of σ-VAEs"),
     "encode": ("latentlm_jax.cli.encode", "encode a dataset into latents with a trained σ-VAE"),
     "tokenizer": ("latentlm_jax.cli.tokenizer", "train a SentencePiece tokenizer on text files"),
     "bench": ("latentlm_jax.cli.bench", "benchmarks that print figures"),
+    "demo": ("latentlm_jax.cli.demo", "train, generate and score a multimodal LatentLM on the built-in data"),  # noqa: E501
 }
 
 

@@ -1,0 +1,61 @@
+"""The demo's multimodal LatentLM on σ-VAE latents of the built-in data (text, images, audio).
+
+Trained by ``latentlm demo`` (which fills in ``data.latent_files`` and the σ-VAE workdirs), or by
+hand once the latents exist:
+
+    latentlm train --config configs/latentlm_tiny.py --workdir runs/lm \
+        --config.data.latent_files="('runs/demo/latents/latents-image-00000-of-00001.array_record',
+                                     'runs/demo/latents/latents-audio-00000-of-00001.array_record')"
+
+The latent dims must be those of the σ-VAEs (configs/vae_image_tiny.py: 8, vae_audio_tiny.py: 16).
+"""
+
+from latentlm_jax.config.base import base_config
+
+
+def get_config():
+    c = base_config()
+    c.name = "latentlm_tiny"
+    c.task = "lm"
+
+    m = c.model
+    m.num_layers = 4
+    m.emb_dim = 128
+    m.num_heads = 4
+    m.num_kv_heads = 2
+    m.head_dim = 32
+    m.mlp_dim = 384
+    m.image_latent_dim = 8
+    m.audio_latent_dim = 16
+    m.head.depth = 3
+    m.head.width = 0  # = emb_dim
+    m.head.mlp_ratio = 2.0
+    m.diffusion.schedule = "cosine"
+    m.diffusion.prediction = "eps"
+    m.diffusion.batch_mul = 4
+    m.diffusion.loss_weight = 1.0
+
+    d = c.data
+    d.source = "latents"
+    d.latent_files = ()  # set by `latentlm demo` to the encoded shards
+    d.seq_len = 128
+    # One record is one image or one clip: image records draw among the image tasks, audio records
+    # among the audio ones. No text-only documents: every caption is seen next to its media.
+    d.task_weights = ("text_to_image=3,image_to_text=2,text_to_audio=3,audio_to_text=2,"
+                      "interleaved=1")
+    d.cond_drop = 0.1
+
+    t = c.train
+    t.global_batch_size = 32
+    t.num_steps = 1500
+    t.learning_rate = 2e-3
+    t.warmup_steps = 100
+    t.min_lr_ratio = 0.05
+    t.weight_decay = 0.01
+    t.log_every = 50
+    # The EMA starts from the initial weights and has no warm-up, so the decay must leave the
+    # initial weights a negligible share after num_steps (0.995^1500 ≈ 5e-4).
+    t.ema_decay = 0.995
+    c.checkpoint.every_steps = 250
+    c.checkpoint.keep = 2
+    return c

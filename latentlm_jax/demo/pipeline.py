@@ -1,0 +1,325 @@
+"""``latentlm demo``: the whole LatentLM recipe on the built-in data, in six resumable stages.
+
+1. train the image σ-VAE            → WORKDIR/vae_image
+2. train the audio σ-VAE            → WORKDIR/vae_audio
+3. encode train examples to latents → WORKDIR/latents (ArrayRecord + stats; DONE marker)
+4. train the LatentLM on the mix    → WORKDIR/lm
+5. generate for test-split prompts and score every sample
+                                    → WORKDIR/results.json, WORKDIR/generate (samples.npz; DONE)
+6. write the report                 → WORKDIR/report/index.html, report.md
+
+The demo's settings are one ConfigDict (:func:`demo_config`) holding the three training configs
+(``vae_image``, ``vae_audio``, ``lm``: loaded from their files in ``configs/``) and the encode /
+generate settings, so ``--config.lm.train.num_steps=300`` or ``--config.generate.steps=30``
+override anything, and ``--fast`` is just another config file (``configs/demo_fast.py``).
+``seed`` is passed to every stage (``seed`` and ``data.seed`` of each training config, the encode
+noise, the test split and the samplers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ml_collections as mlc
+
+from latentlm_jax.demo import stages
+from latentlm_jax.demo.stages import A2T, I2T, T2A, T2I, TASK_NAMES
+
+NUM_STAGES = 6
+TARGETS = {TASK_NAMES[T2I]: 0.8, TASK_NAMES[I2T]: 0.9, TASK_NAMES[T2A]: 0.8,
+           TASK_NAMES[A2T]: 0.9}
+STAGE_CURVES = {
+    "vae_image": ["loss", "recon", "kl_or_mu", "eval/psnr", "eval/recon_correct"],
+    "vae_audio": ["loss", "recon", "stft", "eval/snr_db", "eval/recon_correct"],
+    "lm": ["loss", "ce", "diff/image", "diff/audio"],
+}
+STAGE_TITLES = {"vae_image": "image σ-VAE", "vae_audio": "audio σ-VAE", "lm": "LatentLM"}
+
+
+def configs_dir() -> Path:
+    """The repository's ``configs/`` (the package is installed in editable mode), else ./configs."""
+    here = Path(__file__).resolve().parents[2] / "configs"
+    return here if here.is_dir() else Path("configs")
+
+
+def demo_config() -> mlc.ConfigDict:
+    """The full demo's settings (the ≈20-minute CPU run)."""
+    from latentlm_jax.config.loading import load_config_file
+
+    d = configs_dir()
+    c = mlc.ConfigDict()
+    c.seed = 0
+    c.fast = False  # shown in the report: a short schedule, lower scores expected
+    c.vae_image = load_config_file(str(d / "vae_image_tiny.py"))
+    c.vae_audio = load_config_file(str(d / "vae_audio_tiny.py"))
+    c.lm = load_config_file(str(d / "latentlm_tiny.py"))
+
+    e = c.encode = mlc.ConfigDict()
+    e.num_examples = 20_000  # train examples encoded per modality
+    e.batch_size = 256
+
+    g = c.generate = mlc.ConfigDict()
+    g.text_to_image = 180  # prompts; 180 = every combination once, the 18 held-out ones included
+    g.image_to_text = 100  # test-split examples
+    g.text_to_audio = 100
+    g.audio_to_text = 100
+    g.batch_size = 100  # prompts per generator call
+    g.sampler = "dpm++2m"  # ddpm | ddim | dpm++2m
+    g.steps = 20
+    g.cfg_scale_image = 3.0
+    g.cfg_scale_audio = 3.0
+    g.temperature = 1.0  # latent noise scale
+    g.text_temperature = 0.0  # 0 = greedy captions
+    g.max_text_tokens = 64
+    g.use_ema = True
+
+    r = c.report = mlc.ConfigDict()
+    r.max_audio_players = 48
+    return c
+
+
+def check_demo_config(c: mlc.ConfigDict) -> None:
+    """Validates the three training configs and the demo's own fields (one-line errors)."""
+    from latentlm_jax.config.loading import ConfigError
+    from latentlm_jax.config.validate import validate
+
+    for name, task in (("vae_image", "vae_image"), ("vae_audio", "vae_audio"), ("lm", "lm")):
+        if c[name].task != task:
+            raise ConfigError(f"{name}.task", f"must be {task!r}, got {c[name].task!r}")
+        try:
+            validate(c[name])
+        except ConfigError as e:
+            raise ConfigError(f"{name}.{e.field}" if e.field else name, e.problem) from e
+    if c.encode.num_examples <= 0 or c.encode.batch_size <= 0:
+        raise ConfigError("encode.num_examples", "encode.num_examples and batch_size must be > 0")
+    g = c.generate
+    for field in ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text"):
+        if g[field] < 0 or g[field] > 10_000:
+            raise ConfigError(f"generate.{field}", f"must be in [0, 10000], got {g[field]}")
+    if g.batch_size <= 0 or g.steps <= 0 or g.max_text_tokens <= 0:
+        raise ConfigError("generate.batch_size",
+                          "batch_size, steps and max_text_tokens must be > 0")
+    from latentlm_jax.diffusion.samplers import METHODS
+
+    if g.sampler not in METHODS:
+        raise ConfigError("generate.sampler", f"must be one of {', '.join(METHODS)}; "
+                                              f"got {g.sampler!r}")
+    if c.seed < 0:
+        raise ConfigError("seed", f"must be ≥ 0, got {c.seed}")
+
+
+def stage_configs(c: mlc.ConfigDict, workdir: str) -> dict[str, mlc.ConfigDict]:
+    """The three training configs as the stages run them: the demo's seed everywhere, the
+    LatentLM's latent dims from the σ-VAEs, its data from the encoded latents."""
+    from latentlm_jax.vae.config import audio_latent_shape, image_latent_shape
+
+    out = {}
+    for name in ("vae_image", "vae_audio", "lm"):
+        cfg = mlc.ConfigDict(c[name].to_dict())
+        cfg.seed = c.seed
+        cfg.data.seed = c.seed
+        out[name] = cfg
+    lm = out["lm"]
+    lm.model.image_latent_dim = image_latent_shape(out["vae_image"].vae)[-1]
+    lm.model.audio_latent_dim = audio_latent_shape(out["vae_audio"].vae)[-1]
+    lm.data.source = "latents"
+    lm.data.latent_files = stages.latent_files(os.path.join(workdir, "latents"))
+    lm.data.latent_stats_dir = os.path.abspath(os.path.join(workdir, "latents"))
+    lm.data.image_vae_workdir = os.path.abspath(os.path.join(workdir, "vae_image"))
+    lm.data.audio_vae_workdir = os.path.abspath(os.path.join(workdir, "vae_audio"))
+    return out
+
+
+# ---------------------------------------------------------------------------------- timings
+def _times_path(workdir: str) -> str:
+    return os.path.join(workdir, "stage_times.json")
+
+
+def _load_times(workdir: str) -> dict[str, float]:
+    try:
+        with open(_times_path(workdir), encoding="utf-8") as f:
+            return {k: float(v) for k, v in json.load(f).items()}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_times(workdir: str, times: dict[str, float]) -> None:
+    with open(_times_path(workdir), "w", encoding="utf-8") as f:
+        json.dump(times, f, indent=1)
+
+
+# ---------------------------------------------------------------------------------- running
+@dataclass
+class DemoOutcome:
+    """What a demo run did: per stage whether it was reused, and where the report is."""
+
+    reused: dict[str, bool]
+    report: dict[str, str]
+    scores: dict[str, dict[str, float | int]]
+    table: str
+    seconds: float
+
+
+def run_demo(c: mlc.ConfigDict, workdir: str, say: Callable[[str], None] = print,
+             devices: list | None = None) -> DemoOutcome:
+    """Runs (or resumes) the six stages in ``workdir``; see the module docstring."""
+    check_demo_config(c)
+    t_run = time.perf_counter()
+    os.makedirs(workdir, exist_ok=True)
+    cfgs = stage_configs(c, workdir)
+    paths = {name: os.path.join(workdir, name) for name in ("vae_image", "vae_audio", "lm")}
+    latents_dir = os.path.join(workdir, "latents")
+    gen_dir = os.path.join(workdir, "generate")
+    results_path = os.path.join(workdir, "results.json")
+    report_dir = os.path.join(workdir, "report")
+    times = _load_times(workdir)
+    reused: dict[str, bool] = {}
+
+    def stage(k: int, name: str, title: str, fn: Callable[[], bool]) -> None:
+        say(f"\n[{k}/{NUM_STAGES}] {title}")
+        t0 = time.perf_counter()
+        reused[name] = fn()
+        if not reused[name]:
+            times[name] = time.perf_counter() - t0
+            _save_times(workdir, times)
+        say(f"[{k}/{NUM_STAGES}] {'reused' if reused[name] else 'done'} in "
+            f"{_fmt(time.perf_counter() - t0)}")
+
+    for k, name in ((1, "vae_image"), (2, "vae_audio")):
+        cfg = cfgs[name]
+        stage(k, name, f"training the {STAGE_TITLES[name]} ({cfg.train.num_steps} steps) → "
+                       f"{paths[name]}",
+              lambda cfg=cfg, name=name: stages.train_stage(cfg, paths[name], STAGE_TITLES[name],
+                                                            say, devices))
+    e = c.encode
+    stage(3, "encode", f"encoding {e.num_examples} train examples per modality → {latents_dir}",
+          lambda: stages.encode_stage({"image": paths["vae_image"], "audio": paths["vae_audio"]},
+                                      latents_dir, num_examples=e.num_examples,
+                                      batch_size=e.batch_size, seed=c.seed, say=say))
+    lm = cfgs["lm"]
+    stage(4, "lm", f"training the LatentLM ({lm.train.num_steps} steps, tasks "
+                   f"{lm.data.task_weights or 'all'}) → {paths['lm']}",
+          lambda: _lm_stage(lm, paths["lm"], latents_dir, say, devices))
+    g = c.generate
+    stage(5, "generate", f"generating and scoring on the test split ({g.text_to_image} "
+                         f"text→image, {g.image_to_text} image→text, {g.text_to_audio} "
+                         f"text→audio, {g.audio_to_text} audio→text)",
+          lambda: stages.generate_stage(paths["lm"], gen_dir, results_path, g, c.seed, TARGETS,
+                                        say))
+
+    say(f"\n[{NUM_STAGES}/{NUM_STAGES}] writing the report → {report_dir}")
+    from latentlm_jax.demo.report import score_table_text, write_report
+
+    results, arrays = stages.load_results(results_path, gen_dir)
+    total = sum(times.get(n, 0.0) for n in ("vae_image", "vae_audio", "encode", "lm", "generate"))
+    demo = build_results(results, arrays, cfgs, paths, times, reused, c)
+    demo.total_seconds = total
+    t0 = time.perf_counter()
+    report = write_report(demo, report_dir, max_audio_players=c.report.max_audio_players)
+    table = score_table_text(demo)
+    seconds = time.perf_counter() - t_run
+    say(f"[{NUM_STAGES}/{NUM_STAGES}] done in {_fmt(time.perf_counter() - t0)}")
+    say(f"\nScores on the test split (LatentLM step {results['lm_step']}; stages took "
+        f"{_fmt(demo.total_seconds)} in all, this run {_fmt(seconds)}):\n")
+    say(table)
+    say(f"\nReport: {os.path.abspath(report['html'])}  (and {os.path.abspath(report['markdown'])})")
+    return DemoOutcome(reused, report, results["scores"], table, seconds)
+
+
+def _lm_stage(cfg: mlc.ConfigDict, workdir: str, latents_dir: str, say, devices) -> bool:
+    """Train the LatentLM, refusing to continue one that was trained on other latents."""
+    marker = stages.read_marker(latents_dir) or {}
+    inputs = os.path.join(workdir, "latents_key.txt")
+    if os.path.exists(inputs):
+        with open(inputs, encoding="utf-8") as f:
+            if f.read().strip() != marker.get("key"):
+                raise stages.StageError(
+                    f"{workdir} holds a LatentLM trained on other latents (the σ-VAEs or the "
+                    f"encode settings changed); use a fresh --workdir, or delete {workdir}")
+    else:
+        os.makedirs(workdir, exist_ok=True)
+        with open(inputs, "w", encoding="utf-8") as f:
+            f.write(str(marker.get("key", "")))
+    return stages.train_stage(cfg, workdir, STAGE_TITLES["lm"], say, devices)
+
+
+def _fmt(seconds: float) -> str:
+    from latentlm_jax.train.metrics import format_duration
+
+    return format_duration(seconds)
+
+
+# ---------------------------------------------------------------------------------- report
+def _attrs_text(attrs: dict[str, str] | None) -> str:
+    if not attrs:
+        return "nothing"
+    return f"{attrs['size']} {attrs['color']} {attrs['shape']}, {attrs['position']}"
+
+
+def build_results(results: dict[str, Any], arrays: dict[str, Any],
+                  cfgs: dict[str, mlc.ConfigDict], paths: dict[str, str],
+                  times: dict[str, float], reused: dict[str, bool],
+                  c: mlc.ConfigDict) -> Any:
+    """results.json + samples.npz → the report's DemoResults."""
+    from latentlm_jax.demo.report import (
+        AudioSample,
+        CaptionSample,
+        DemoResults,
+        ImageSample,
+        StageSummary,
+    )
+
+    samples = results["samples"]
+    images = [ImageSample(r["prompt"], arrays["t2i_images"][i], r["correct"],
+                          _attrs_text(r["predicted"]), r["held_out"])
+              for i, r in enumerate(samples.get(T2I, []))]
+    audio = [AudioSample(r["prompt"], arrays["t2a_waves"][i], r["correct"],
+                         " ".join(r["predicted"]) or "silence")
+             for i, r in enumerate(samples.get(T2A, []))]
+    captions = [CaptionSample("image", r["truth"], r["generated"], r["correct"],
+                              image=arrays["i2t_images"][i])
+                for i, r in enumerate(samples.get(I2T, []))]
+    captions += [CaptionSample("audio", r["truth"], r["generated"], r["correct"],
+                               wave=arrays["a2t_waves"][i])
+                 for i, r in enumerate(samples.get(A2T, []))]
+    stage_list = [StageSummary(STAGE_TITLES[n], os.path.join(paths[n], "metrics.jsonl"),
+                               STAGE_CURVES[n], times.get(n, 0.0), reused.get(n, False))
+                  for n in ("vae_image", "vae_audio", "lm")]
+    return DemoResults(stages=stage_list, scores=results["scores"], targets=results["targets"],
+                       images=images, audio=audio, captions=captions,
+                       config_summary=config_summary(cfgs, c, results), fast=bool(c.fast))
+
+
+def config_summary(cfgs: dict[str, mlc.ConfigDict], c: mlc.ConfigDict,
+                   results: dict[str, Any]) -> dict[str, str]:
+    from latentlm_jax.vae.config import audio_latent_shape, image_latent_shape
+
+    vi, va, lm = cfgs["vae_image"], cfgs["vae_audio"], cfgs["lm"]
+    h, w, di = image_latent_shape(vi.vae)
+    frames, da = audio_latent_shape(va.vae)
+    m, g = lm.model, c.generate
+    return {
+        "image σ-VAE": f"32×32 → {h}×{w}×{di} latents; {vi.train.num_steps} steps × batch "
+                       f"{vi.train.global_batch_size}",
+        "audio σ-VAE": f"1 s → {frames}×{da} latents; {va.train.num_steps} steps × batch "
+                       f"{va.train.global_batch_size}",
+        "latents": f"{c.encode.num_examples} train examples per modality (noisy σ-VAE samples)",
+        "LatentLM": f"{m.num_layers} layers × {m.emb_dim}, {m.num_heads} heads "
+                    f"({m.num_kv_heads} KV), diffusion heads depth {m.head.depth}",
+        "LatentLM training": f"{lm.train.num_steps} steps × {lm.train.global_batch_size} rows × "
+                             f"{lm.data.seq_len} tokens, lr {lm.train.learning_rate}, EMA "
+                             f"{lm.train.ema_decay}; tasks {lm.data.task_weights}",
+        "sampling": f"{g.sampler}, {g.steps} steps, CFG image {g.cfg_scale_image} / audio "
+                    f"{g.cfg_scale_audio}, temperature {g.temperature}; greedy captions"
+                    if g.text_temperature == 0 else
+                    f"{g.sampler}, {g.steps} steps, CFG image {g.cfg_scale_image} / audio "
+                    f"{g.cfg_scale_audio}; caption temperature {g.text_temperature}",
+        "seed": str(c.seed),
+        "checkpoint scored": f"LatentLM step {results['lm_step']}",
+    }

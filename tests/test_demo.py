@@ -1,0 +1,216 @@
+"""``latentlm demo``: prompts, score bookkeeping, stage reuse rules, and (slow) the whole --fast run
+end to end: report written, scores recomputable from the saved samples, a second run reuses every
+stage, an interrupted training stage resumes from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from latentlm_jax.config.loading import ConfigError, load_config_file
+from latentlm_jax.data import scoring
+from latentlm_jax.data.shapes_tones import (
+    HELD_OUT_COMBINATIONS,
+    ShapesTones,
+    all_combinations,
+    image_caption,
+    is_held_out,
+)
+from latentlm_jax.demo import pipeline, stages
+from latentlm_jax.demo.report import format_value
+
+FAST = str(pipeline.configs_dir() / "demo_fast.py")
+
+
+def _caption(combo):
+    size, color, shape, position = combo
+    return image_caption(color=color, shape=shape, size=size, position=position)
+
+
+# ------------------------------------------------------------------------------ prompts & scores
+def test_t2i_prompts_cover_all_combinations_with_held_out_spread():
+    prompts = stages.t2i_prompts(180, seed=3)
+    assert sorted(p for p, _ in prompts) == sorted(_caption(c) for c in all_combinations())
+    assert [p for p, h in prompts if h] != []
+    for i, (p, held) in enumerate(prompts):
+        attrs = scoring.parse_image_caption(p)
+        assert held == is_held_out(attrs)
+        assert held == (i % 10 == 0)  # the 18 held-out ones sit at every 10th place
+    assert sum(h for _, h in prompts) == len(HELD_OUT_COMBINATIONS)
+    # a short list still holds a held-out prompt; a longer one cycles; the seed shuffles
+    assert sum(h for _, h in stages.t2i_prompts(10, seed=3)) == 1
+    assert stages.t2i_prompts(185, seed=3)[180:] == prompts[:5]
+    assert stages.t2i_prompts(180, seed=4) != prompts
+
+
+def test_summarise_counts_the_records():
+    rng = np.random.default_rng(0)
+    t2i = [{"correct": bool(rng.random() < 0.6), "held_out": i % 10 == 0,
+            "attributes": {a: bool(rng.random() < 0.8) for a in scoring.ATTRIBUTES}}
+           for i in range(37)]
+    i2t = [{"correct": bool(rng.random() < 0.5)} for _ in range(11)]
+    t2a = [{"correct": bool(rng.random() < 0.5), "count": bool(rng.random() < 0.7)}
+           for _ in range(13)]
+    scores = stages.summarise({"text_to_image": t2i, "image_to_text": i2t,
+                               "text_to_audio": t2a, "audio_recon": i2t})
+    assert list(scores)[:3] == ["text→image", "image→text", "text→audio"]
+    assert "audio→text" not in scores
+    assert scores["text→image"] == {"accuracy": np.mean([r["correct"] for r in t2i]), "n": 37}
+    held = [r["correct"] for r in t2i if r["held_out"]]
+    assert scores["text→image, held-out combinations"]["accuracy"] == np.mean(held)
+    assert scores["text→image, seen combinations"]["n"] == 37 - len(held)
+    assert scores["text→image: shape"]["accuracy"] == np.mean(
+        [r["attributes"]["shape"] for r in t2i])
+    assert scores["text→audio: note count"]["accuracy"] == np.mean([r["count"] for r in t2a])
+    assert scores["audio σ-VAE reconstruction"]["n"] == 11
+
+
+# ------------------------------------------------------------------------------ stage rules
+def test_markers_match_only_their_key(tmp_path):
+    d = str(tmp_path / "stage")
+    assert not stages.marker_matches(d, "k1")
+    stages.write_marker(d, {"key": "k1", "n": 3})
+    assert stages.marker_matches(d, "k1") and not stages.marker_matches(d, "k2")
+    assert stages.read_marker(d) == {"key": "k1", "n": 3}
+    stages.clear_marker(d)
+    assert stages.read_marker(d) is None
+    assert stages.fingerprint({"a": 1, "b": [1, 2]}) == stages.fingerprint({"b": [1, 2], "a": 1})
+    assert stages.fingerprint({"a": 1}) != stages.fingerprint({"a": 2})
+
+
+def test_a_workdir_trained_with_other_settings_is_refused(tmp_path):
+    from latentlm_jax.train.checkpoint_io import save_run_config
+
+    cfg = load_config_file(str(pipeline.configs_dir() / "latentlm_tiny.py"))
+    save_run_config(cfg, str(tmp_path))
+    moved = load_config_file(str(pipeline.configs_dir() / "latentlm_tiny.py"))
+    moved.data.latent_files = ("/elsewhere/a.array_record",)  # paths may change: accepted
+    stages.check_same_config(moved, str(tmp_path), "LatentLM")
+    moved.train.num_steps = 7
+    with pytest.raises(ConfigError, match=r"train\.num_steps: 1500 → 7"):
+        stages.check_same_config(moved, str(tmp_path), "LatentLM")
+
+
+def test_stage_configs_pass_the_seed_and_the_vae_dims(tmp_path):
+    c = load_config_file(FAST)
+    c.seed = 11
+    pipeline.check_demo_config(c)
+    cfgs = pipeline.stage_configs(c, str(tmp_path))
+    assert all(cfg.seed == 11 and cfg.data.seed == 11 for cfg in cfgs.values())
+    lm = cfgs["lm"]
+    assert lm.model.image_latent_dim == c.vae_image.vae.image.latent_dim
+    assert lm.model.audio_latent_dim == c.vae_audio.vae.audio.latent_dim
+    assert lm.data.source == "latents"
+    assert [os.path.basename(f) for f in lm.data.latent_files] == [
+        "latents-image-00000-of-00001.array_record", "latents-audio-00000-of-00001.array_record"]
+    assert lm.data.image_vae_workdir == str(tmp_path / "vae_image")
+    # --fast only changes sizes: the full config has the same fields
+    full = pipeline.demo_config()
+    assert sorted(stages._flatten(full.to_dict())) == sorted(stages._flatten(c.to_dict()))
+    c.generate.sampler = "euler"
+    with pytest.raises(ConfigError, match="generate.sampler"):
+        pipeline.check_demo_config(c)
+
+
+def _cli(*args, timeout=900):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    return subprocess.run([sys.executable, "-m", "latentlm_jax.cli.main", "demo", *args],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--fast", "--config", FAST], "--fast and --config are exclusive"),
+    (["--fast", "--config.lm.model.num_heads=3"], "config.lm.model.num_heads"),
+    (["--fast", "--config.nope=1"], "config.nope: unknown key"),
+])
+def test_bad_settings_fail_with_one_line(tmp_path, args, fragment):
+    proc = _cli("--workdir", str(tmp_path / "w"), *args, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("latentlm:")]
+    assert len(lines) == 1 and fragment in lines[0], proc.stderr
+
+
+# ------------------------------------------------------------------------------ end to end
+def _table_value(table: str, metric: str) -> str:
+    for line in table.splitlines():
+        if line.startswith(metric + "  "):
+            return line[len(metric):].split()[0]
+    raise AssertionError(f"{metric!r} not in the table:\n{table}")
+
+
+@pytest.mark.slow
+def test_fast_demo_end_to_end_then_reused(tmp_path):
+    import jax
+
+    from latentlm_jax.train.checkpoint_io import latest_step, save_run_config
+    from latentlm_jax.train.trainer import train
+
+    workdir = tmp_path / "demo"
+    # An interrupted first attempt: the image σ-VAE stopped half-way (as if preempted).
+    c = load_config_file(FAST)
+    vae_cfg = pipeline.stage_configs(c, str(workdir))["vae_image"]
+    half = vae_cfg.train.num_steps // 2
+    save_run_config(vae_cfg, str(workdir / "vae_image"))
+    train(vae_cfg, str(workdir / "vae_image"), stop_at=half, devices=jax.devices()[:1])
+    assert latest_step(str(workdir / "vae_image")) == half
+
+    first = _cli("--fast", "--workdir", str(workdir))
+    out = first.stdout
+    assert first.returncode == 0, out[-3000:] + first.stderr[-3000:]
+    for k in range(1, 7):
+        assert f"[{k}/6]" in out
+    assert f"Resuming from checkpoint at step {half}" in out  # stage 1 resumed, not restarted
+    for label in ("encoding image", "encoding audio", "text→image", "image→text", "text→audio",
+                  "audio→text"):
+        assert re.search(rf"{label} \d+/\d+ \(.*ETA", out), label  # progress with an ETA
+    report = workdir / "report"
+    assert (report / "index.html").stat().st_size > 10_000
+    assert (report / "report.md").exists()
+    assert out.rstrip().splitlines()[-1].startswith("Report: ")
+    assert str(report / "index.html") in out
+
+    # The table's numbers come from the per-sample results, which come from the scorers.
+    results = json.loads((workdir / "results.json").read_text())
+    samples, scores = results["samples"], results["scores"]
+    table = out[out.index("metric"):out.index("Report: ")]
+    for task, name in stages.TASK_NAMES.items():
+        flags = [r["correct"] for r in samples[task]]
+        assert scores[name] == {"accuracy": sum(flags) / len(flags), "n": len(flags)}
+        assert _table_value(table, name) == format_value(sum(flags) / len(flags), "accuracy")
+    with np.load(workdir / "generate" / "samples.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    g = c.generate
+    assert arrays["t2i_images"].shape == (g.text_to_image, 32, 32, 3)
+    assert arrays["t2a_waves"].shape == (g.text_to_audio, 16000)
+    held = [r for r in samples["text_to_image"] if r["held_out"]]
+    assert held and scores["text→image, held-out combinations"]["n"] == len(held)
+    for r, img in zip(samples["text_to_image"], arrays["t2i_images"], strict=True):
+        s = scoring.score_image(img, r["prompt"])
+        assert (s["correct"], s["predicted"]) == (r["correct"], r["predicted"])
+    for r, wave in zip(samples["text_to_audio"], arrays["t2a_waves"], strict=True):
+        assert scoring.score_audio(wave, r["prompt"])["correct"] == r["correct"]
+    test = ShapesTones("test", c.seed)
+    for task, key in (("image_to_text", "image_caption"), ("audio_to_text", "audio_caption")):
+        for r in samples[task]:
+            assert r["truth"] == test[r["index"]][key]
+            assert r["correct"] == scoring.score_caption(r["generated"], r["truth"])
+    np.testing.assert_array_equal(arrays["i2t_images"][1], test[1]["image"])
+
+    # A second run reuses every stage: nothing is trained, encoded or generated again.
+    mtimes = {p: p.stat().st_mtime for p in (workdir / "results.json",
+                                             workdir / "generate" / "samples.npz",
+                                             workdir / "latents" / "DONE")}
+    second = _cli("--fast", "--workdir", str(workdir))
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    out2 = second.stdout
+    for k in range(1, 6):
+        assert f"[{k}/6] reused" in out2
+    assert "compiled the train step" not in out2 and "encoding image" not in out2
+    assert {p: p.stat().st_mtime for p in mtimes} == mtimes
+    assert out2[out2.index("metric"):out2.index("Report: ")] == table
