@@ -18,10 +18,11 @@ $(STAMP): setup.py $(BIN)/python
 
 install: $(STAMP)
 
-# The main job on the built-in data. Until the multimodal `latentlm demo` lands (issue #6) this trains
-# the text LM on the built-in captions; then it becomes `latentlm demo --workdir runs/demo`.
+# The main job on the built-in data: σ-VAEs → latents → LatentLM → generate → score → report
+# (runs/demo/report/index.html). Re-running reuses finished stages and resumes unfinished ones.
+DEMO_ARGS ?=
 demo: $(STAMP)
-	$(BIN)/latentlm train --config configs/lm_tiny.py --workdir runs/demo/lm_tiny
+	$(BIN)/latentlm demo --workdir runs/demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check latentlm_jax configs launch tests
