@@ -172,16 +172,40 @@ def test_temperature():
 
 
 def test_timestep_grids():
-    g = np.asarray(samplers.timesteps(SCHED, 20, "time"))
+    g = np.asarray(samplers.timesteps(SCHED, 20, "time", lambda_min=None))
     assert g[0] == 999 and g[-1] == 49 and np.all(np.diff(g) < 0) and np.all(g == np.round(g))
     np.testing.assert_array_equal(samplers.timesteps(SCHED, 1000, "time"), np.arange(999, -1, -1))
-    gl = samplers.timesteps(SCHED, 10, "logsnr")
+    gl = samplers.timesteps(SCHED, 10, "logsnr", lambda_min=None)
     lam = np.asarray(SCHED.lambda_t(gl))
     np.testing.assert_allclose(np.diff(lam), np.diff(lam)[0], rtol=0.02)  # uniform in λ
     assert float(gl[0]) == 999.0
+    # By default the cosine grids start where λ ≥ −5.1 (t = 995), the linear ones at T − 1.
+    start = float(samplers.start_time(SCHED))
+    assert SCHED.lambda_t(start) >= -5.1 > SCHED.lambda_t(start + 1)
+    assert start == 995.0 and float(samplers.timesteps(SCHED, 20)[0]) == start
+    assert float(samplers.timesteps(SCHED, 10, "logsnr")[0]) == start
+    assert float(samplers.timesteps(make_schedule("linear"), 20)[0]) == 999.0
+    jitted = jax.jit(lambda s: samplers.timesteps(s, 5))(SCHED)  # traceable schedule
+    np.testing.assert_array_equal(jitted, samplers.timesteps(SCHED, 5))
     with pytest.raises(ValueError):
         samplers.timesteps(SCHED, 1001, "time")
     with pytest.raises(ValueError, match="unknown spacing"):
         samplers.timesteps(SCHED, 10, "karras")
     with pytest.raises(ValueError, match="unknown sampler"):
         samplers.sample("euler", COND, (2, 2), jax.random.key(0), num_steps=5, schedule=SCHED)
+
+
+@pytest.mark.parametrize("method", ["dpm++2m", "ddim"])
+def test_a_slightly_wrong_eps_model_does_not_blow_up(method):
+    """An ε error of 0.02 at the cosine schedule's end (α ≈ 5e-5) becomes a data error of ~400
+    when the grid starts at T − 1; from λ ≥ −5.1 the samples stay near the data."""
+    def biased(x, t):
+        return COND(x, t) + 0.02
+
+    def mean_error(lambda_min):
+        x = samplers.sample(method, biased, (2000, 2), jax.random.key(0), num_steps=20,
+                            schedule=SCHED, lambda_min=lambda_min)
+        return float(np.linalg.norm(np.asarray(x).mean(0) - mixture_moments(PI, MU, COV)[0]))
+
+    assert mean_error(None) > 10.0  # what generation did before: samples far off the data
+    assert mean_error(samplers.LAMBDA_MIN) < 1.0
