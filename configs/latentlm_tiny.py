@@ -1,11 +1,11 @@
 """The demo's multimodal LatentLM on σ-VAE latents of the built-in data (text, images, audio).
 
-Trained by ``latentlm demo`` (which fills in ``data.latent_files`` and the σ-VAE workdirs), or by
-hand once the latents exist:
+Trained by ``latentlm demo`` (which points ``data.latent_files`` and the σ-VAE workdirs at its
+own workdir), or by hand once ``make demo`` has made the σ-VAEs and latents in ``runs/demo``:
 
-    latentlm train --config configs/latentlm_tiny.py --workdir runs/lm \
-        --config.data.latent_files="('runs/demo/latents/latents-image-00000-of-00001.array_record',
-                                     'runs/demo/latents/latents-audio-00000-of-00001.array_record')"
+    latentlm train --config configs/latentlm_tiny.py --workdir runs/lm
+    latentlm generate --workdir runs/lm --prompt "a large red circle in the top left" \
+        --modality image --num-samples 4 --out samples/
 
 The latent dims must be those of the σ-VAEs (configs/vae_image_tiny.py: 8, vae_audio_tiny.py: 16).
 """
@@ -40,7 +40,13 @@ def get_config():
 
     d = c.data
     d.source = "latents"
-    d.latent_files = ()  # set by `latentlm demo` to the encoded shards
+    # Where `make demo` (latentlm demo --workdir runs/demo) leaves the σ-VAEs and their latents;
+    # `latentlm demo` itself points these at its own --workdir.
+    d.latent_files = ("runs/demo/latents/latents-image-*.array_record",
+                      "runs/demo/latents/latents-audio-*.array_record")
+    d.latent_stats_dir = "runs/demo/latents"
+    d.image_vae_workdir = "runs/demo/vae_image"
+    d.audio_vae_workdir = "runs/demo/vae_audio"
     d.seq_len = 128
     # One record is one image or one clip: image records draw among the image tasks, audio records
     # among the audio ones. No text-only documents: every caption is seen next to its media.

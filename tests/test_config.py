@@ -129,3 +129,16 @@ def test_cli_reports_one_line_and_exits_2(tmp_path, args, fragment):
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr
     assert fragment in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_missing_latent_shards_are_one_line_before_the_workdir_exists(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "latentlm_jax.cli.main", "train", "--config",
+         os.path.join(ROOT, "configs", "latentlm_tiny.py"), "--workdir", str(tmp_path / "w"),
+         f"--config.data.latent_files=('{tmp_path}/none-*.array_record',)"],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "config.data.latent_files: no latent shard matches" in lines[0]
+    assert not (tmp_path / "w").exists()

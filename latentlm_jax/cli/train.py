@@ -14,9 +14,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "samples/; re-running with the same workdir resumes")
 
 
+def check_input_files(config) -> None:
+    """Pre-encoded latents must exist before a workdir is made or anything compiles."""
+    from latentlm_jax.config.loading import ConfigError
+
+    if config.task == "lm" and config.data.source == "latents":
+        from latentlm_jax.data.array_record_source import expand_paths
+
+        try:
+            expand_paths(tuple(config.data.latent_files))
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError("data.latent_files", f"{e} (make them with `latentlm encode`, or "
+                                                   f"`make demo` for runs/demo/latents)") from e
+
+
 def run(args: argparse.Namespace) -> int:
     config = load_config(args)
     quiet_logs()
+    check_input_files(config)
     from latentlm_jax.train.checkpoint_io import save_run_config
     from latentlm_jax.train.trainer import train
 
