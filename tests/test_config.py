@@ -107,9 +107,17 @@ def test_mesh_resolution():
 
 
 def test_real_configs_validate():
-    for name in sorted(os.listdir(os.path.join(ROOT, "configs"))):
-        if name.endswith(".py") and not name.startswith("_"):
-            validate(load_config_file(os.path.join(ROOT, "configs", name)))
+    from latentlm_jax.demo.pipeline import check_demo_config
+
+    names = sorted(n for n in os.listdir(os.path.join(ROOT, "configs"))
+                   if n.endswith(".py") and not n.startswith("_"))
+    assert "demo_fast.py" in names and "latentlm_tiny.py" in names
+    for name in names:
+        config = load_config_file(os.path.join(ROOT, "configs", name))
+        if name.startswith("demo"):  # the demo's settings: three training configs and more
+            check_demo_config(config)
+        else:
+            validate(config)
 
 
 @pytest.mark.parametrize("args,fragment", [
