@@ -124,6 +124,32 @@ def test_encode_and_eval_commands_on_a_trained_run(tmp_path, capsys):
     assert len(LatentArrayRecordSource(os.path.join(out, "latents-image-00000-of-00001"
                                                          ".array_record"))) == 12
 
+    # Your own data through a manifest: images with captions; a text-only line and a missing
+    # image are skipped and counted.
+    from PIL import Image
+
+    ds = ShapesTones(split="test", seed=0)
+    lines = []
+    for i in range(3):
+        Image.fromarray(ds[i]["image"]).save(tmp_path / f"im{i}.png")
+        lines.append(json.dumps({"image": f"im{i}.png", "text": f"caption {i}"}))
+    lines += [json.dumps({"text": "only text"}), json.dumps({"image": "nope.png", "text": "x"})]
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    mine = str(tmp_path / "mine")
+    assert main(["encode", "--vae-workdir", run, "--config", os.path.join(ROOT, "configs",
+                                                                          "lm_tiny.py"),
+                 "--config.data.source=manifest", f"--config.data.manifest={tmp_path}/m.jsonl",
+                 "--out", mine]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 3 image latent sequences" in printed
+    assert "skipped 1 (missing_keys), 1 (missing_file)" in printed
+    src = LatentArrayRecordSource(os.path.join(mine, "latents-image-00000-of-00001.array_record"))
+    assert [src[i]["caption"] for i in range(3)] == ["caption 0", "caption 1", "caption 2"]
+    assert main(["encode", "--vae-workdir", run, "--config", os.path.join(ROOT, "configs",
+                                                                          "lm_tiny.py"), "--out",
+                 str(tmp_path / "bad")]) == 2
+    assert "`latentlm encode` reads media" in capsys.readouterr().err
+
     assert main(["eval", "--workdir", run, "--examples", "16"]) == 0
     printed = capsys.readouterr().out
     with open(os.path.join(run, "eval", "vae_eval.json")) as f:

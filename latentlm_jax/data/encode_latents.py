@@ -25,6 +25,32 @@ from latentlm_jax.data.array_record_source import write_latents
 MODALITY_KEYS = {"vae_image": ("image", "image_caption"), "vae_audio": ("audio", "audio_caption")}
 
 
+class MediaExamples:
+    """Any example source (built-in, manifest, TFDS) as ``{modality, caption_key}`` examples.
+
+    The built-in data names its captions ``image_caption`` / ``audio_caption``; manifests and
+    TFDS give one ``text``. An example without this modality (a text-only manifest line, an
+    audio-only one when encoding images) raises :class:`BadInput` ``missing_keys``, as do the
+    source's own unusable examples, so :func:`encode_dataset` can skip and count them.
+    """
+
+    def __init__(self, source: Sequence[dict[str, Any]], task: str):
+        self.source = source
+        self.modality, self.caption_key = MODALITY_KEYS[task]
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from latentlm_jax.data.bad_input import BadInput
+
+        ex = self.source[index]
+        if ex.get(self.modality) is None:
+            raise BadInput("missing_keys", f"example {index} has no {self.modality}")
+        caption = ex.get(self.caption_key) or ex.get("text") or ""
+        return {self.modality: ex[self.modality], self.caption_key: caption}
+
+
 def model_input(modality: str, x: np.ndarray) -> jax.Array:
     """Dataset arrays → the VAE's input range (images uint8 → [-1, 1]; audio as is)."""
     if modality == "image":
@@ -55,24 +81,37 @@ def encode_dataset(model, task: str, dataset: Sequence[dict[str, Any]], out_dir:
                    process_index: int | None = None, process_count: int | None = None,
                    progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
     """Encodes examples ``process_index::process_count`` of ``dataset[:num_examples]``; writes
-    ``latents-<modality>-<i>-of-<P>.array_record`` and (process 0) ``stats.json``."""
+    ``latents-<modality>-<i>-of-<P>.array_record`` and (process 0) ``stats.json``. Examples
+    that raise :class:`BadInput` are skipped; ``stats["skipped"]`` counts them by reason."""
+    from latentlm_jax.data.bad_input import BadInput
+
     modality, caption_key = MODALITY_KEYS[task]
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
     indices = list(range(pi, num_examples, pc))
     key = jax.random.key(seed)
-    seqs, captions = [], []
+    seqs, captions, kept = [], [], []
+    skipped: dict[str, int] = {}
     t0 = time.perf_counter()
     for start in range(0, len(indices), batch_size):
-        chunk = indices[start:start + batch_size]
-        examples = [dataset[i] for i in chunk]
-        xs = np.stack([ex[modality] for ex in examples])
-        z = encode_examples(model, modality, xs, jax.random.fold_in(key, start))
-        seqs.extend(z)
-        captions.extend(ex[caption_key] for ex in examples)
+        examples = []
+        for i in indices[start:start + batch_size]:
+            try:
+                examples.append((i, dataset[i]))
+            except BadInput as e:
+                skipped[e.reason] = skipped.get(e.reason, 0) + 1
+        if examples:
+            xs = np.stack([ex[modality] for _, ex in examples])
+            z = encode_examples(model, modality, xs, jax.random.fold_in(key, start))
+            seqs.extend(z)
+            captions.extend(ex[caption_key] for _, ex in examples)
+            kept.extend(i for i, _ in examples)
         if progress is not None:
             progress(min(start + batch_size, len(indices)), len(indices),
                      time.perf_counter() - t0)
+    if not seqs:
+        raise ValueError(f"none of the {len(indices)} examples has a usable {modality} "
+                         f"(skipped: {skipped})")
     stacked = np.stack(seqs).astype(np.float64)  # [n, N, D]
     flat = stacked.reshape(-1, stacked.shape[-1])
     sums = np.stack([flat.sum(0), (flat**2).sum(0), np.full(flat.shape[1], len(flat))])
@@ -87,10 +126,11 @@ def encode_dataset(model, task: str, dataset: Sequence[dict[str, Any]], out_dir:
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"latents-{modality}-{pi:05d}-of-{pc:05d}.array_record")
     write_latents(path, ({"latents": z, "caption": c, "modality": modality, "index": int(i)}
-                         for z, c, i in zip(normalised, captions, indices, strict=True)))
+                         for z, c, i in zip(normalised, captions, kept, strict=True)))
     stats = {"modality": modality, "mean": mean.tolist(), "std": std.tolist(),
              "latent_dim": int(stacked.shape[-1]), "sequence_length": int(stacked.shape[1]),
-             "num_examples": num_examples, "vae_kind": getattr(model, "kind", "sigma"),
+             "num_examples": num_examples, "encoded": len(kept), "skipped": skipped,
+             "vae_kind": getattr(model, "kind", "sigma"),
              "vae_std": float(getattr(model, "std", 0.0))}
     if pi == 0:
         with open(os.path.join(out_dir, f"stats-{modality}.json"), "w") as f:
