@@ -74,12 +74,10 @@ def start_time(schedule: NoiseSchedule, lambda_min: float | None = LAMBDA_MIN) -
     λ_{T−1} ≈ −5.07 is left as it is) fixes that; starting from N(0, I) there is off by < 4e-5
     in variance. ``None`` starts at T−1 whatever the schedule.
     """
-    last = jnp.float32(schedule.num_timesteps - 1)
     if lambda_min is None:
-        return last
-    clipped = jnp.floor(schedule.t_from_lambda(jnp.float32(lambda_min)))
-    return jnp.where(schedule.lambda_t(schedule.num_timesteps - 1) >= lambda_min, last,
-                     jnp.minimum(clipped, last))
+        return jnp.float32(schedule.num_timesteps - 1)
+    # t_from_lambda saturates at T−1 for a λ below λ_{T−1}, so this is T−1 when nothing clips.
+    return jnp.floor(schedule.t_from_lambda(jnp.float32(lambda_min)))
 
 
 def timesteps(schedule: NoiseSchedule, num_steps: int, spacing: str = "time",
