@@ -268,12 +268,12 @@ def decode_images(codec, latents: list) -> Any:
     import numpy as np
 
     from latentlm_jax.data.encode_latents import denormalise
+    from latentlm_jax.vae.samples import to_uint8
 
     decode, _ = _vae_fns()
     h, w, d = codec.grid()
     z = denormalise(np.stack(latents), codec.stats).reshape(-1, h, w, d)
-    x = np.asarray(decode(codec.vae, jnp.asarray(z)))
-    return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    return to_uint8(np.asarray(decode(codec.vae, jnp.asarray(z))))
 
 
 def decode_audio(codec, latents: list, num_samples: int) -> Any:
@@ -301,12 +301,13 @@ def encode_media(codec, media: Any) -> tuple[Any, Any]:
     import numpy as np
 
     from latentlm_jax.data.encode_latents import model_input, normalise, to_sequence
+    from latentlm_jax.vae.samples import to_uint8
 
     decode, mode = _vae_fns()
     mu = np.asarray(mode(codec.vae, model_input(codec.name, media)))
     recon = np.asarray(decode(codec.vae, jnp.asarray(mu)))
     if codec.name == "image":
-        recon = np.clip(np.round((recon + 1.0) * 127.5), 0, 255).astype(np.uint8)
+        recon = to_uint8(recon)
     else:
         recon = np.clip(recon, -1.0, 1.0).astype(np.float32)
     return normalise(to_sequence(mu), codec.stats), recon
@@ -384,24 +385,34 @@ def generate_samples(lm_dir: str, gen: mlc.ConfigDict, seed: int, say: Say
                          "attributes": {k: bool(s[k]) for k in scoring.ATTRIBUTES}})
         records[T2I], arrays["t2i_images"] = recs, np.stack(imgs)
 
-    # image → text, with the σ-VAE's own reconstructions scored alongside
-    n = gen.image_to_text
-    if n:
+    def captioning(task: str, codec: Any, modality: int, opts: SamplingOptions, unit: str,
+                   input_array: str, score_recon: Callable[[Any, dict], bool],
+                   extra: Callable[[dict], dict] = lambda e: {}) -> None:
+        """image→text / audio→text on the first test examples, with the σ-VAE's own
+        reconstructions of the same inputs scored alongside."""
+        n = gen[task]
+        if not n:
+            return
+        name = "image" if modality == IMAGE else "audio"
         examples = [test[i] for i in range(n)]
-        inputs = np.stack([e["image"] for e in examples])
-        z, recon = encode_media(image, inputs)
+        inputs = np.stack([e[name] for e in examples])
+        z, recon = encode_media(codec, inputs)
         texts = _batches(list(z), gen.batch_size,
-                         lambda chunk, b: generator.latents_to_text(chunk, IMAGE, key(I2T, b),
-                                                                    opts_image),
-                         Progress(TASK_NAMES[I2T], n, "captions"))
-        records[I2T] = [{"index": i, "truth": e["image_caption"], "generated": t,
-                         "correct": scoring.score_caption(t, e["image_caption"]),
-                         "held_out": is_held_out(e["image_attrs"])}
-                        for i, (e, t) in enumerate(zip(examples, texts, strict=True))]
-        records["image_recon"] = [{"index": i, "correct": bool(scoring.score_image(
-            r, e["image_attrs"])["correct"])} for i, (e, r) in enumerate(
-                zip(examples, recon, strict=True))]
-        arrays["i2t_images"], arrays["image_recon"] = inputs, recon
+                         lambda chunk, b: generator.latents_to_text(chunk, modality,
+                                                                    key(task, b), opts),
+                         Progress(TASK_NAMES[task], n, unit))
+        truth = f"{name}_caption"
+        records[task] = [{"index": i, "truth": e[truth], "generated": t,
+                          "correct": scoring.score_caption(t, e[truth]), **extra(e)}
+                         for i, (e, t) in enumerate(zip(examples, texts, strict=True))]
+        records[f"{name}_recon"] = [{"index": i, "correct": score_recon(r, e)}
+                                    for i, (e, r) in enumerate(zip(examples, recon,
+                                                                   strict=True))]
+        arrays[input_array], arrays[f"{name}_recon"] = inputs, recon
+
+    captioning(I2T, image, IMAGE, opts_image, "captions", "i2t_images",
+               lambda r, e: bool(scoring.score_image(r, e["image_attrs"])["correct"]),
+               extra=lambda e: {"held_out": is_held_out(e["image_attrs"])})
 
     # text → audio
     n = gen.text_to_audio
@@ -419,23 +430,8 @@ def generate_samples(lm_dir: str, gen: mlc.ConfigDict, seed: int, say: Say
                          "count": bool(s["count"]), "predicted": list(s["predicted"])})
         records[T2A], arrays["t2a_waves"] = recs, np.stack(waves)
 
-    # audio → text, with the σ-VAE's own reconstructions scored alongside
-    n = gen.audio_to_text
-    if n:
-        examples = [test[i] for i in range(n)]
-        inputs = np.stack([e["audio"] for e in examples]).astype(np.float32)
-        z, recon = encode_media(audio, inputs)
-        texts = _batches(list(z), gen.batch_size,
-                         lambda chunk, b: generator.latents_to_text(chunk, AUDIO, key(A2T, b),
-                                                                    opts_audio),
-                         Progress(TASK_NAMES[A2T], n, "transcripts"))
-        records[A2T] = [{"index": i, "truth": e["audio_caption"], "generated": t,
-                         "correct": scoring.score_caption(t, e["audio_caption"])}
-                        for i, (e, t) in enumerate(zip(examples, texts, strict=True))]
-        records["audio_recon"] = [{"index": i, "correct": bool(scoring.score_audio(
-            r, e["audio_pitches"])["correct"])} for i, (e, r) in enumerate(
-                zip(examples, recon, strict=True))]
-        arrays["a2t_waves"], arrays["audio_recon"] = inputs, recon
+    captioning(A2T, audio, AUDIO, opts_audio, "transcripts", "a2t_waves",
+               lambda r, e: bool(scoring.score_audio(r, e["audio_pitches"])["correct"]))
     return records, arrays
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from latentlm_jax.config.loading import ConfigError
 from latentlm_jax.data.encode_latents import denormalise, encode_examples, load_stats, normalise
 from latentlm_jax.models.latentlm import IMAGE
+from latentlm_jax.vae.samples import to_uint8
 
 
 def stats_dir(config: mlc.ConfigDict) -> str:
@@ -61,6 +62,6 @@ class MediaCodec:
             if len(z) != h * w:
                 raise ValueError(f"an image needs {h * w} latents, got {len(z)}")
             x = np.asarray(self.vae.decode(jnp.asarray(z.reshape(1, h, w, d))))[0]
-            return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+            return to_uint8(x)
         wave = np.asarray(self.vae.decode(jnp.asarray(z[None])))[0]
         return np.clip(wave, -1.0, 1.0).astype(np.float32)
