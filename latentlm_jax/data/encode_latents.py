@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from latentlm_jax.data.array_record_source import write_latents
+from latentlm_jax.data.bad_input import BadInput
 
 MODALITY_KEYS = {"vae_image": ("image", "image_caption"), "vae_audio": ("audio", "audio_caption")}
 
@@ -42,8 +43,6 @@ class MediaExamples:
         return len(self.source)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from latentlm_jax.data.bad_input import BadInput
-
         ex = self.source[index]
         if ex.get(self.modality) is None:
             raise BadInput("missing_keys", f"example {index} has no {self.modality}")
@@ -83,8 +82,6 @@ def encode_dataset(model, task: str, dataset: Sequence[dict[str, Any]], out_dir:
     """Encodes examples ``process_index::process_count`` of ``dataset[:num_examples]``; writes
     ``latents-<modality>-<i>-of-<P>.array_record`` and (process 0) ``stats.json``. Examples
     that raise :class:`BadInput` are skipped; ``stats["skipped"]`` counts them by reason."""
-    from latentlm_jax.data.bad_input import BadInput
-
     modality, caption_key = MODALITY_KEYS[task]
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
