@@ -13,7 +13,8 @@ from latentlm_jax.config.loading import (
     load_config_file,
     split_config_args,
 )
-from latentlm_jax.config.validate import check_mesh, validate
+from latentlm_jax.config.validate import validate
+from latentlm_jax.parallel.mesh_check import check_mesh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "lm_tiny.py")
@@ -61,7 +62,8 @@ def _fails(field_fragment, **changes):
         with node.unlocked():
             node[keys[-1]] = value
     with pytest.raises(ConfigError) as e:
-        validate(c, num_devices=8)
+        validate(c)
+        check_mesh(c, 8)
     assert field_fragment in str(e.value), str(e.value)
     return str(e.value)
 

@@ -13,9 +13,10 @@ from latentlm_jax.data.tokenizer import ByteTokenizer
 from latentlm_jax.diffusion.loss import diffusion_loss
 from latentlm_jax.diffusion.schedules import make_schedule
 from latentlm_jax.generate.generator import Generator, SamplingOptions
-from latentlm_jax.models.latentlm import AUDIO, IMAGE, LatentLM
-from latentlm_jax.train.latentlm_loss import latentlm_loss
-from latentlm_jax.train.lm_task import masked_cross_entropy
+from latentlm_jax.lm.cross_entropy import masked_cross_entropy
+from latentlm_jax.lm.loss import latentlm_loss
+from latentlm_jax.modality import AUDIO, IMAGE
+from latentlm_jax.models.latentlm import LatentLM
 
 TOK = ByteTokenizer()
 N_IMG, D_IMG, D_AUD = 4, 3, 5
@@ -207,7 +208,7 @@ def test_guidance_and_audio_stopping_run():
 def test_gathered_targets_give_the_same_loss_when_capacity_suffices():
     """Running the head only on gathered latent targets changes the draws' layout, not the
     math: with the same per-target noise the loss equals the every-position loss."""
-    from latentlm_jax.train.latentlm_loss import gather_targets
+    from latentlm_jax.lm.loss import gather_targets
 
     mask = jnp.asarray([[0, 1, 1, 0, 1, 0], [1, 0, 0, 0, 0, 0]], bool)
     vals = jnp.arange(12, dtype=jnp.float32).reshape(2, 6, 1)

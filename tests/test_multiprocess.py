@@ -62,7 +62,7 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
 
     # One process, 8 devices, same mesh, fed exactly the global batches of the 2-process run.
     from latentlm_jax.config.loading import apply_overrides, load_config_file, split_config_args
-    from latentlm_jax.train.lm_task import LMTask
+    from latentlm_jax.lm.task import LMTask
     from latentlm_jax.train.trainer import train
 
     rest, overrides = split_config_args(ARGS)

@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 
 from latentlm_jax.data.packing import (
-    AUDIO,
-    IMAGE,
     LATENT_KEYS,
     TEXT_KEYS,
     Document,
@@ -15,6 +13,7 @@ from latentlm_jax.data.packing import (
     RowPacker,
     pack_documents,
 )
+from latentlm_jax.modality import AUDIO, IMAGE
 
 LATENT = 7  # <latent>
 BOS, EOS, BOI, EOI, BOA, EOA = 1, 2, 3, 4, 5, 6

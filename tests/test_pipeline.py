@@ -8,20 +8,21 @@ import grain
 import jax
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from latentlm_jax.config.base import base_config
+from latentlm_jax.config.task_weights import TASKS, parse_task_weights
 from latentlm_jax.data.bad_input import SKIP_COUNTS_KEY, DataError, pop_skip_counts
-from latentlm_jax.data.packing import AUDIO, IMAGE, LATENT_KEYS, TEXT_KEYS
+from latentlm_jax.data.packing import LATENT_KEYS, TEXT_KEYS
 from latentlm_jax.data.pipeline import (
     build_document_dataset,
     build_train_iterator,
-    make_global_batch,
 )
-from latentlm_jax.data.sequences import TASKS, SequenceBuilder, parse_task_weights, to_example
+from latentlm_jax.data.sequences import SequenceBuilder, to_example
 from latentlm_jax.data.shapes_tones import ShapesTones
 from latentlm_jax.data.sources import CaptionSource
 from latentlm_jax.data.tokenizer import ByteTokenizer
+from latentlm_jax.modality import AUDIO, IMAGE
 
 TOK = ByteTokenizer()
 
@@ -188,16 +189,22 @@ def test_bad_inputs_skip_and_error(tmp_path):
         take(it, 8)
 
 
-def test_make_global_batch(tmp_path):
+def test_to_global_batch(tmp_path):
+    """The trainer's host rows → global arrays: sharded by the task's batch shardings, with the
+    skip counts taken out (and totalled) on the way."""
+    from latentlm_jax.data.bad_input import SkipTotals
+    from latentlm_jax.train.trainer import to_global_batch
+
     write_lines(tmp_path / "a.txt", 20)
     c = text_config(tmp_path / "a.txt")
     c.train.global_batch_size = 8
     local = next(build_train_iterator(c, process_index=0, process_count=1))
     local["latents"] = np.arange(8 * 64 * 3, dtype=np.float32).reshape(8, 64, 3)
     mesh = jax.make_mesh((8,), ("data",))
-    spec = PartitionSpec("data", None)
-    out = make_global_batch(local, mesh, spec)
-    assert SKIP_COUNTS_KEY not in out
+    shardings = {k: NamedSharding(mesh, PartitionSpec("data", *([None] * (v.ndim - 1))))
+                 for k, v in local.items() if isinstance(v, np.ndarray)}
+    out = to_global_batch(local, shardings, SkipTotals())
+    assert SKIP_COUNTS_KEY not in out and set(out) == set(shardings)
     for k, v in out.items():
         assert v.shape == local[k].shape
         np.testing.assert_array_equal(np.asarray(v), local[k])

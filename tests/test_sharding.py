@@ -7,10 +7,10 @@ from jax.sharding import PartitionSpec as P
 
 from latentlm_jax.config.base import base_config
 from latentlm_jax.config.loading import ConfigError
+from latentlm_jax.lm.task import LMTask
 from latentlm_jax.parallel.logical import logical_to_mesh_spec
 from latentlm_jax.parallel.mesh import build_mesh
 from latentlm_jax.train import state as state_lib
-from latentlm_jax.train.lm_task import LMTask
 from latentlm_jax.train.optimizer import make_optimizer
 
 pytestmark = pytest.mark.multidevice
@@ -38,7 +38,7 @@ def _sharded_state(ici: dict[str, int]):
     for axis, size in ici.items():
         config.mesh.ici[axis] = size
     mesh = build_mesh(config)
-    task = LMTask()
+    task = LMTask(config)
     tx = make_optimizer(config.train)
     _, abs_params, specs = state_lib.abstract_model(task, config)
     p_sh = state_lib.param_shardings(abs_params, specs, mesh, config.sharding_rules)

@@ -8,13 +8,13 @@ import ml_collections as mlc
 import pytest
 
 from latentlm_jax.data.tokenizer import (
-    SPECIAL_TOKENS,
     ByteTokenizer,
     SentencePieceTokenizer,
     Tokenizer,
     make_tokenizer,
     train_sentencepiece,
 )
+from latentlm_jax.modality import SPECIAL_TOKENS
 
 SAMPLES = [
     "a large red circle in the top left",

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from latentlm_jax.config.vae import vae_defaults
 from latentlm_jax.vae.audio import AudioVAE, audio_forward_flops, polar_spectrum
 from latentlm_jax.vae.codec import sample_sigma
-from latentlm_jax.vae.config import audio_latent_shape, hop_length, image_latent_shape, vae_defaults
+from latentlm_jax.vae.config import audio_latent_shape, hop_length, image_latent_shape
 from latentlm_jax.vae.image import ImageVAE, image_forward_flops
 from latentlm_jax.vae.stft import frame_phase, istft, stft
 

@@ -14,7 +14,8 @@ from flax import nnx
 from latentlm_jax.diffusion import samplers
 from latentlm_jax.diffusion.schedules import make_schedule
 from latentlm_jax.generate.generator import Generator, SamplingOptions
-from latentlm_jax.models.latentlm import AUDIO, IMAGE, LatentLM
+from latentlm_jax.modality import AUDIO, IMAGE
+from latentlm_jax.models.latentlm import LatentLM
 from latentlm_jax.models.transformer import init_cache
 
 

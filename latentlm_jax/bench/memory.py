@@ -15,6 +15,7 @@ import ml_collections as mlc
 
 from latentlm_jax.config.validate import validate
 from latentlm_jax.parallel.logical import activation_rules
+from latentlm_jax.parallel.mesh_check import check_mesh
 from latentlm_jax.train.setup import build_setup
 
 # HBM per chip, GiB (datasheets).
@@ -22,15 +23,11 @@ HBM_GIB = {"v4": 32, "v5e": 16, "v5litepod": 16, "v5p": 95, "v6e": 32}
 
 
 def abstract_batch(setup, config: mlc.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
-    """Global-shape stand-ins for a batch; dtypes from the task's ``batch_dtypes`` if given."""
-    dtypes = getattr(setup.task, "batch_dtypes", lambda c: {})(config)
-    b, l = config.train.global_batch_size, config.data.seq_len
-    out = {}
-    for key, sharding in setup.batch_shardings.items():
-        shape_fn = getattr(setup.task, "batch_shape", None)
-        shape = shape_fn(config, key) if shape_fn else (b, l)
-        out[key] = jax.ShapeDtypeStruct(shape, dtypes.get(key, jnp.int32), sharding=sharding)
-    return out
+    """Global-shape stand-ins for a batch, shaped and typed by the task."""
+    dtypes = setup.task.batch_dtypes(config)
+    return {key: jax.ShapeDtypeStruct(setup.task.batch_shape(config, key),
+                                      dtypes.get(key, jnp.int32), sharding=sharding)
+            for key, sharding in setup.batch_shardings.items()}
 
 
 def compile_for_topology(config: mlc.ConfigDict, topology: str) -> dict[str, float]:
@@ -40,7 +37,8 @@ def compile_for_topology(config: mlc.ConfigDict, topology: str) -> dict[str, flo
 
     desc = topologies.get_topology_desc(platform="tpu", topology_name=topology)
     devices = list(desc.devices)
-    validate(config, len(devices))
+    validate(config)
+    check_mesh(config, len(devices))
     setup = build_setup(config, devices)
     with activation_rules(setup.mesh, config.sharding_rules):
         lowered = setup.step_fn.lower(setup.abstract_state(), abstract_batch(setup, config))

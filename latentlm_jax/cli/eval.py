@@ -18,8 +18,7 @@ import os
 
 from latentlm_jax.cli.common import quiet_logs
 from latentlm_jax.config.loading import ConfigError
-
-VAE_TASKS = ("vae_image", "vae_audio")
+from latentlm_jax.modality import VAE_TASKS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
         if not os.path.isdir(workdir):
             raise ConfigError("", f"--workdir {workdir} does not exist")
         config = load_run_config(workdir)
-        if config.task not in VAE_TASKS:
+        if config.task not in VAE_TASKS.values():
             raise ConfigError("task", f"{workdir} is a {config.task!r} run; `latentlm eval` "
-                                      f"evaluates σ-VAE runs ({', '.join(VAE_TASKS)})")
+                                      f"evaluates σ-VAE runs ({', '.join(VAE_TASKS.values())})")
         model, config, step = load_model(workdir, config=config, use_ema=not args.no_ema)
         examples = load_test_examples(config, args.examples)
         fn = image_diagnostics if config.task == "vae_image" else audio_diagnostics

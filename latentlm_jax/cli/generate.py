@@ -13,7 +13,7 @@ import os
 from latentlm_jax.cli.common import quiet_logs
 from latentlm_jax.config.loading import ConfigError
 
-MODALITIES = ("image", "audio", "text")
+OUTPUTS = ("image", "audio", "text")  # the latent modalities' names, and text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_request(args: argparse.Namespace) -> None:
     """Every bad request ends here with one clear message."""
-    if args.modality not in MODALITIES:
-        raise ConfigError("", f"--modality must be one of {', '.join(MODALITIES)}; "
+    if args.modality not in OUTPUTS:
+        raise ConfigError("", f"--modality must be one of {', '.join(OUTPUTS)}; "
                               f"got {args.modality!r}")
     if args.num_samples < 1:
         raise ConfigError("", f"--num-samples must be ≥ 1, got {args.num_samples}")
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from latentlm_jax.data.tokenizer import make_tokenizer
     from latentlm_jax.generate.codecs import MediaCodec
     from latentlm_jax.generate.generator import Generator, SamplingOptions
-    from latentlm_jax.models.latentlm import AUDIO, IMAGE
+    from latentlm_jax.modality import AUDIO, IMAGE, MODALITY_IDS
     from latentlm_jax.train.checkpoint_io import load_model
 
     model, config, step = load_model(args.workdir, use_ema=not args.no_ema)
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     key = jax.random.key(args.seed)
 
     if args.modality in ("image", "audio"):
-        modality = IMAGE if args.modality == "image" else AUDIO
+        modality = MODALITY_IDS[args.modality]
         codec = MediaCodec(config, modality)
         n_img = int(np.prod(codec.grid()[:-1])) if modality == IMAGE else 0
         budget = config.data.seq_len - n_img - 4

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ml_collections as mlc
 
+from latentlm_jax.config.vae import vae_defaults
+
 # (logical axis, mesh axes) - first match wins; see latentlm_jax/parallel/logical.py.
 DEFAULT_RULES = (
     ("batch", ("data", "fsdp")),
@@ -150,7 +152,5 @@ def base_config() -> mlc.ConfigDict:
     dist.cpu_collectives = "gloo"  # for local multi-process CPU runs
 
     # ------------------------------------------------------------------ σ-VAE tokenizers
-    from latentlm_jax.vae.config import vae_defaults
-
     c.vae = vae_defaults()
     return c

@@ -26,8 +26,9 @@ from array_record.python.array_record_module import ArrayRecordReader, ArrayReco
 
 from latentlm_jax.data.bad_input import BadInput
 from latentlm_jax.data.indexing import check_index
+from latentlm_jax.modality import MODALITY_IDS
 
-MODALITIES = ("image", "audio")
+MODALITIES = tuple(MODALITY_IDS)
 _NDARRAY_EXT = 1
 _SCALARS = (bool, int, float, str)
 

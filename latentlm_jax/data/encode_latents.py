@@ -22,8 +22,11 @@ from flax import nnx
 
 from latentlm_jax.data.array_record_source import write_latents
 from latentlm_jax.data.bad_input import BadInput
+from latentlm_jax.modality import MODALITY_NAMES, VAE_TASKS
 
-MODALITY_KEYS = {"vae_image": ("image", "image_caption"), "vae_audio": ("audio", "audio_caption")}
+# σ-VAE task → (the example field it encodes, the built-in data's caption field for it)
+MODALITY_KEYS = {task: (MODALITY_NAMES[m], f"{MODALITY_NAMES[m]}_caption")
+                 for m, task in VAE_TASKS.items()}
 
 
 class MediaExamples:

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-TEXT, IMAGE, AUDIO = 0, 1, 2
-MODALITIES = {IMAGE: "image", AUDIO: "audio"}
+from latentlm_jax.modality import AUDIO, MODALITY_NAMES, TEXT
+
 TEXT_KEYS = ("tokens", "targets", "ce_mask", "segment_ids", "positions")
 LATENT_KEYS = ("modality", "latents", "latent_mask", "latent_modality")
 
@@ -71,8 +71,9 @@ def document_fields(doc: Document, latent_id: int, latent_dim: int) -> dict[str,
         start = 0
         for j, (z, mod) in enumerate(zip(doc.latents, doc.modalities, strict=True)):
             z = np.asarray(z, np.float32)
-            if mod not in MODALITIES:
-                raise ValueError(f"span modality must be {IMAGE} or {AUDIO}, got {mod}{_at(doc)}")
+            if mod not in MODALITY_NAMES:
+                raise ValueError(f"span modality must be one of {sorted(MODALITY_NAMES)}, got "
+                                 f"{mod}{_at(doc)}")
             if z.ndim != 2 or z.shape[1] > latent_dim:
                 raise ValueError(f"latents of shape {z.shape} do not fit latent_dim={latent_dim}"
                                  f"{_at(doc)}")

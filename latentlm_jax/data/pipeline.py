@@ -18,7 +18,6 @@ import grain
 import jax
 import ml_collections as mlc
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from latentlm_jax.data.bad_input import (
     BadInput,
@@ -29,6 +28,14 @@ from latentlm_jax.data.bad_input import (
 from latentlm_jax.data.packing import Document, DocumentTooLong, RowPacker
 from latentlm_jax.data.sequences import Encoder, SequenceBuilder
 from latentlm_jax.data.tokenizer import Tokenizer, make_tokenizer
+from latentlm_jax.modality import (
+    AUDIO,
+    IMAGE,
+    LATENT_DIM_FIELDS,
+    MODALITY_NAMES,
+    latent_dims,
+    max_latent_dim,
+)
 
 TEXT_SOURCES = ("shapes_tones_captions", "text_files")
 EXAMPLE_SOURCES = ("shapes_tones", "manifest", "tfds", "latents")
@@ -90,11 +97,6 @@ def make_source(config: mlc.ConfigDict):
                      f"got {d.source!r}")
 
 
-def latent_dim(config: mlc.ConfigDict) -> int:
-    """Width of ``latents`` in a batch (0: a text-only pipeline, no latent fields)."""
-    return max(config.model.image_latent_dim, config.model.audio_latent_dim)
-
-
 def _resolve_shard(process_index: int | None, process_count: int | None) -> tuple[int, int]:
     index = jax.process_index() if process_index is None else int(process_index)
     count = jax.process_count() if process_count is None else int(process_count)
@@ -139,14 +141,15 @@ def build_document_dataset(
         make_doc = TextDocuments(tokenizer)
     else:
         weights = d.get("task_weights", "") or None
-        if latent_dim(config) == 0:
+        if max_latent_dim(config.model) == 0:
             weights, encode_image, encode_audio = {"text": 1.0}, None, None
         elif d.source != "latents":
-            for name, dim, fn in (("image", config.model.image_latent_dim, encode_image),
-                                  ("audio", config.model.audio_latent_dim, encode_audio)):
-                if dim > 0 and fn is None:
+            encoders = {IMAGE: encode_image, AUDIO: encode_audio}
+            for m, dim in latent_dims(config.model).items():
+                if encoders[m] is None:
+                    name = MODALITY_NAMES[m]
                     raise ValueError(
-                        f"model.{name}_latent_dim={dim} with data.source={d.source!r} needs "
+                        f"model.{LATENT_DIM_FIELDS[m]}={dim} with data.source={d.source!r} needs "
                         f"encode_{name} (the {name} VAE's normalised encoder) passed to "
                         "build_train_iterator")
         make_doc = SequenceBuilder(
@@ -273,7 +276,7 @@ def build_train_dataset(
     ds = docs.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS,
                                                 prefetch_buffer_size=READ_BUFFER))
     ds = PackIterDataset(ds, d.seq_len, latent_id=tokenizer.latent_id,
-                         latent_dim=latent_dim(config), policy=policy)
+                         latent_dim=max_latent_dim(config.model), policy=policy)
     ds = ds.batch(rows_per_process(config, process_count), drop_remainder=True)
     ds = ds.map(_AttachSkipCounts(policy))
     if d.num_workers > 0:
@@ -313,20 +316,3 @@ def _mark_absl_flags_parsed() -> None:
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
-
-
-def make_global_batch(local_batch: Mapping[str, Any], mesh: Mesh,
-                      spec: PartitionSpec) -> dict[str, jax.Array]:
-    """This process's rows → global ``jax.Array``s sharded by ``spec`` over ``mesh``.
-
-    ``spec`` partitions the leading ``[batch, length]`` dims; dims beyond it (``latents``'s last)
-    are replicated. Entries that are not arrays (``"_skipped_counts"``) are left out.
-    """
-    out = {}
-    for key, value in local_batch.items():
-        if not isinstance(value, np.ndarray | jax.Array):
-            continue
-        full = PartitionSpec(*spec, *([None] * (value.ndim - len(spec))))
-        out[key] = jax.make_array_from_process_local_data(NamedSharding(mesh, full),
-                                                          np.asarray(value))
-    return out

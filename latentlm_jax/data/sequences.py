@@ -32,12 +32,12 @@ from typing import Any
 
 import numpy as np
 
+from latentlm_jax.config.task_weights import TASKS, parse_task_weights
 from latentlm_jax.data.bad_input import BadInput, BadInputPolicy
-from latentlm_jax.data.packing import AUDIO, IMAGE, Document
+from latentlm_jax.data.packing import Document
 from latentlm_jax.data.tokenizer import Tokenizer
+from latentlm_jax.modality import AUDIO, IMAGE, delimiter_ids
 
-TASKS = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "text", "interleaved")
-DEFAULT_TASK_WEIGHTS = {task: 1.0 for task in TASKS}
 _NEEDS = {  # task -> modalities it needs an encoder (or pre-encoded latents) for
     "text_to_image": (IMAGE,), "image_to_text": (IMAGE,),
     "text_to_audio": (AUDIO,), "audio_to_text": (AUDIO,),
@@ -89,30 +89,6 @@ def to_example(raw: Mapping[str, Any]) -> Example:
     pairs = tuple(Pair(m, text, media=raw[k]) for m, k in ((IMAGE, "image"), (AUDIO, "audio"))
                   if raw.get(k) is not None)
     return Example(texts=(text,) if text else (), pairs=pairs, source=source)
-
-
-def parse_task_weights(spec: str | Mapping[str, float] | None) -> dict[str, float]:
-    """``"text_to_image=2,text=1"`` or a mapping -> weights for every task (unnamed ones 0).
-    ``None`` / ``""`` -> :data:`DEFAULT_TASK_WEIGHTS`."""
-    if not spec:
-        return dict(DEFAULT_TASK_WEIGHTS)
-    if isinstance(spec, str):
-        items = []
-        for part in spec.split(","):
-            name, sep, value = part.partition("=")
-            if not sep:
-                raise ValueError(f"task weight {part!r} is not name=weight")
-            items.append((name.strip(), value))
-    else:
-        items = list(spec.items())
-    weights = dict.fromkeys(TASKS, 0.0)
-    for name, value in items:
-        if name not in weights:
-            raise ValueError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
-        weights[name] = float(value)
-        if not weights[name] >= 0:
-            raise ValueError(f"task weight {name}={value} must be ≥ 0")
-    return weights
 
 
 class SequenceBuilder:
@@ -213,7 +189,7 @@ class SequenceBuilder:
         if z.ndim != 2 or z.shape[0] == 0:
             raise BadInput("bad_field", f"latents must be [n>0, d], got shape {z.shape}")
         t = self.tok
-        begin, end = (t.boi_id, t.eoi_id) if pair.modality == IMAGE else (t.boa_id, t.eoa_id)
+        begin, end = delimiter_ids(pair.modality)
         return [begin, *([t.latent_id] * z.shape[0]), end], z
 
     def _pick(self, example: Example, rng: np.random.Generator, modality: int | None = None,

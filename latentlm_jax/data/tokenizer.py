@@ -16,7 +16,8 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
-SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<boa>", "<eoa>", "<latent>")
+from latentlm_jax.modality import SPECIAL_TOKENS
+
 NUM_SPECIAL = len(SPECIAL_TOKENS)
 
 

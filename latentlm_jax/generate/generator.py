@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +25,15 @@ from flax import nnx
 from latentlm_jax.diffusion import samplers
 from latentlm_jax.diffusion.schedules import make_schedule
 from latentlm_jax.generate.text_sampling import sample_tokens
-from latentlm_jax.models.latentlm import AUDIO, IMAGE, LatentLM
+from latentlm_jax.modality import (
+    AUDIO,
+    IMAGE,
+    MODALITY_NAMES,
+    delimiter_ids,
+    latent_dims,
+    max_latent_dim,
+)
+from latentlm_jax.models.latentlm import LatentLM
 from latentlm_jax.models.transformer import init_cache
 
 
@@ -96,7 +103,7 @@ class Generator:
                             schedule=self.schedule, temperature=opts.temperature,
                             prediction=self.prediction)
         feed = jnp.concatenate([z, z], axis=0) if guided_rows else z
-        x = model.latent_in[_name(modality)](feed)[:, None, :].astype(model.embed.dtype)
+        x = model.latent_in[MODALITY_NAMES[modality]](feed)[:, None, :].astype(model.embed.dtype)
         valid = jnp.ones((feed.shape[0], 1), bool)
         h2, cache = model.decoder.extend(x, pos[:, None], valid, cache, start)
         logits = model.logits(h2)[:, 0]
@@ -119,7 +126,7 @@ class Generator:
         """One latent sequence [N_i, D] (normalised space) per prompt."""
         opts = opts or SamplingOptions()
         t = self.tok
-        begin = t.boi_id if modality == IMAGE else t.boa_id
+        begin, _ = delimiter_ids(modality)
         rows = [[t.bos_id, *t.encode(p), begin] for p in prompts]
         guided = opts.cfg_scale != 1.0
         if guided:
@@ -157,9 +164,9 @@ class Generator:
         """Captions / transcriptions for latent sequences (normalised space)."""
         opts = opts or SamplingOptions()
         t = self.tok
-        begin, end = (t.boi_id, t.eoi_id) if modality == IMAGE else (t.boa_id, t.eoa_id)
-        dim = self.cfg.image_latent_dim if modality == IMAGE else self.cfg.audio_latent_dim
-        width = max(self.cfg.image_latent_dim, self.cfg.audio_latent_dim)
+        begin, end = delimiter_ids(modality)
+        dim = latent_dims(self.cfg)[modality]
+        width = max_latent_dim(self.cfg)
         rows = [[t.bos_id, begin, *([t.latent_id] * len(z)), end] for z in latents]
         tokens, valid, positions = left_pad(rows, t.pad_id)
         r, p = tokens.shape
@@ -190,11 +197,3 @@ class Generator:
             if finished.all():
                 break
         return [t.decode(x) for x in ids]
-
-
-def _name(modality: int) -> str:
-    return {IMAGE: "image", AUDIO: "audio"}[modality]
-
-
-def describe(opts: SamplingOptions) -> dict[str, Any]:
-    return dataclasses.asdict(opts)

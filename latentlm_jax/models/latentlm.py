@@ -15,12 +15,11 @@ import jax.numpy as jnp
 import ml_collections as mlc
 from flax import nnx
 
+from latentlm_jax.modality import MODALITY_NAMES, latent_dims
 from latentlm_jax.models.diffusion_head import DiffusionHead
 from latentlm_jax.models.layers import Dense
 from latentlm_jax.models.transformer import TextLM, compute_dtype
 from latentlm_jax.parallel.logical import constrain
-
-IMAGE, AUDIO = 1, 2
 
 
 class DiffusionSettings(NamedTuple):
@@ -29,15 +28,6 @@ class DiffusionSettings(NamedTuple):
     batch_mul: int
     loss_weight: float
     target_fraction: float
-
-
-MODALITY_NAMES = {IMAGE: "image", AUDIO: "audio"}
-
-
-def latent_dims(cfg: mlc.ConfigDict) -> dict[int, int]:
-    """Enabled continuous modalities → latent dim."""
-    dims = {IMAGE: cfg.image_latent_dim, AUDIO: cfg.audio_latent_dim}
-    return {m: d for m, d in dims.items() if d > 0}
 
 
 class LatentLM(TextLM):

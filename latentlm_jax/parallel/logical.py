@@ -78,16 +78,6 @@ def logical_to_mesh_spec(names: Sequence[str | None] | PartitionSpec | None, rul
     return PartitionSpec(*out)
 
 
-def mesh_shardings(state: Any, mesh: Mesh, rules: Rules) -> Any:
-    """NamedShardings for every leaf of an nnx state, from its logical names and ``rules``."""
-    specs = logical_names_tree(state)
-    return jax.tree.map(
-        lambda spec: NamedSharding(mesh, logical_to_mesh_spec(spec, rules, mesh.axis_names)),
-        specs,
-        is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None,
-    )
-
-
 # --- activations ---------------------------------------------------------------------------
 
 _CTX = threading.local()

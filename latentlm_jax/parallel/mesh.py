@@ -11,7 +11,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh
 
-from latentlm_jax.config.validate import check_mesh
+from latentlm_jax.parallel.mesh_check import check_mesh
 
 
 def num_slices(devices: Sequence[jax.Device]) -> int:

@@ -17,7 +17,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from latentlm_jax.parallel.logical import logical_to_mesh_spec
+from latentlm_jax.parallel.logical import logical_names_tree, logical_to_mesh_spec
 from latentlm_jax.train.task import Task
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def abstract_model(task: Task, config: mlc.ConfigDict) -> tuple[nnx.GraphDef, di
     if leftovers:
         raise ValueError("models may hold only nnx.Param variables in training; found other "
                          f"state: {jax.tree.map(lambda x: x.shape, rest)}")
-    specs = nnx.to_pure_dict(nnx.get_partition_spec(params))
+    specs = nnx.to_pure_dict(logical_names_tree(params))
     return graphdef, nnx.to_pure_dict(params), specs
 
 

@@ -2,8 +2,8 @@
 
 The trainer (``latentlm_jax/train/trainer.py``) owns the mesh, the optimizer, jit, checkpoints and
 metrics; a :class:`Task` owns the model, its loss and its data. ``config.task`` picks the task
-through :func:`latentlm_jax.train.tasks.get_task` -
-behaviour comes from config, not from model names.
+through :func:`latentlm_jax.train.tasks.get_task` (each task is built from the config once) -
+behaviour comes from config, not from model names. The trainer knows nothing of any model family.
 """
 
 from __future__ import annotations
@@ -38,6 +38,12 @@ class Task(Protocol):
 
     def batch_logical_axes(self, config: mlc.ConfigDict) -> dict[str, tuple[str | None, ...]]:
         """Logical axis names of every batch entry, e.g. {"tokens": ("batch", "length")}."""
+
+    def batch_dtypes(self, config: mlc.ConfigDict) -> dict[str, Any]:
+        """Dtype of every batch entry that is not int32 (tokens, ids and positions are)."""
+
+    def batch_shape(self, config: mlc.ConfigDict, key: str) -> tuple[int, ...]:
+        """Global shape of batch entry ``key`` (for abstract batches and AOT compiles)."""
 
     def train_iterator(self, config: mlc.ConfigDict, process_index: int,
                        process_count: int) -> DataIterator:

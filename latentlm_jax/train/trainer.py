@@ -23,6 +23,7 @@ from latentlm_jax.data.bad_input import SkipTotals, pop_skip_counts
 from latentlm_jax.parallel import distributed
 from latentlm_jax.parallel.logical import activation_rules
 from latentlm_jax.parallel.mesh import num_slices
+from latentlm_jax.parallel.mesh_check import check_mesh
 from latentlm_jax.train.data_checkpoint import DataRestore, DataSave
 from latentlm_jax.train.flops import calibrate_peak_tflops
 from latentlm_jax.train.metrics import MetricsWriter, format_duration, format_rate
@@ -103,7 +104,8 @@ def train(config: mlc.ConfigDict, workdir: str, stop_at: int | None = None,
     restricts the mesh to a subset of the devices (tests)."""
     distributed.initialize(config)
     devices = list(jax.devices() if devices is None else devices)
-    validate(config, len(devices), num_slices(devices))
+    validate(config)
+    check_mesh(config, len(devices), num_slices(devices))
     os.makedirs(workdir, exist_ok=True)
     setup = build_setup(config, devices)
     task, mesh, rules = setup.task, setup.mesh, config.sharding_rules

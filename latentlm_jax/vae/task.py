@@ -77,6 +77,9 @@ def load_test_examples(config: mlc.ConfigDict, n: int) -> list[dict[str, Any]]:
 class _VAETask:
     key: str  # batch entry and dataset field: "image" | "audio"
 
+    def __init__(self, config: mlc.ConfigDict | None = None):
+        del config  # every choice is read from the config passed to each method
+
     def _model_cls(self) -> type[ConvVAE]:
         raise NotImplementedError
 

@@ -1,4 +1,5 @@
-"""The LatentLM objective: CE over text targets + λ · per-token diffusion loss over latents."""
+"""The LM objectives: CE over text targets (text LM), plus λ · per-token diffusion loss over
+latents (LatentLM)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import jax.numpy as jnp
 
 from latentlm_jax.diffusion.loss import diffusion_loss
 from latentlm_jax.diffusion.schedules import make_schedule
-from latentlm_jax.models.latentlm import MODALITY_NAMES
+from latentlm_jax.lm.cross_entropy import masked_cross_entropy
+from latentlm_jax.modality import MODALITY_NAMES
 from latentlm_jax.parallel.logical import constrain
-from latentlm_jax.train.lm_task import masked_cross_entropy
 
 
 def gather_targets(mask: jax.Array, capacity: int, *arrays: jax.Array
@@ -26,6 +27,15 @@ def gather_targets(mask: jax.Array, capacity: int, *arrays: jax.Array
     out = [jnp.take_along_axis(a, idx.reshape(idx.shape + (1,) * (a.ndim - 2)), axis=1)
            for a in arrays]
     return valid, dropped, out
+
+
+def text_lm_loss(model, batch: dict[str, jax.Array], rng: jax.Array
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Cross-entropy of a text LM over the positions ``ce_mask`` marks (``rng`` is unused)."""
+    del rng
+    logits = model(batch["tokens"], batch["positions"], batch["segment_ids"])
+    loss, count = masked_cross_entropy(logits, batch["targets"], batch["ce_mask"])
+    return loss, {"ce": loss, "ce_tokens": count}
 
 
 def latentlm_loss(model, batch: dict[str, jax.Array], rng: jax.Array

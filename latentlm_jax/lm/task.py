@@ -1,0 +1,63 @@
+"""The language-model task: a text LM, or a LatentLM when a latent modality is configured."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections as mlc
+from flax import nnx
+
+from latentlm_jax.data.packing import LATENT_KEYS, TEXT_KEYS
+from latentlm_jax.data.pipeline import build_train_iterator
+from latentlm_jax.lm.loss import latentlm_loss, text_lm_loss
+from latentlm_jax.modality import is_multimodal, max_latent_dim
+from latentlm_jax.models.latentlm import LatentLM
+from latentlm_jax.models.transformer import TextLM
+from latentlm_jax.train.flops import transformer_flops_per_token
+
+
+class LMTask:
+    """Language modelling on packed rows (see docs/batch_format.md): text-only (cross-entropy) or
+    LatentLM (cross-entropy + λ · next-token diffusion) when a latent modality is configured.
+    The model and its loss are chosen once, here, from the config (:func:`is_multimodal`)."""
+
+    def __init__(self, config: mlc.ConfigDict):
+        self.multimodal = is_multimodal(config)
+        self.loss_fn = latentlm_loss if self.multimodal else text_lm_loss
+
+    def build_model(self, config: mlc.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+        if self.multimodal:
+            return LatentLM(config.model, rngs=rngs)
+        return TextLM(config.model, rngs=rngs)
+
+    def batch_logical_axes(self, config: mlc.ConfigDict) -> dict[str, tuple[str, ...]]:
+        axes = {k: ("batch", "length") for k in TEXT_KEYS}
+        if self.multimodal:
+            axes.update({k: ("batch", "length") for k in LATENT_KEYS})
+            axes["latents"] = ("batch", "length", "latent")
+        return axes
+
+    def batch_dtypes(self, config: mlc.ConfigDict) -> dict[str, Any]:
+        return {"ce_mask": jnp.bool_, "latent_mask": jnp.bool_, "modality": jnp.int8,
+                "latent_modality": jnp.int8, "latents": jnp.float32}
+
+    def batch_shape(self, config: mlc.ConfigDict, key: str) -> tuple[int, ...]:
+        b, l = config.train.global_batch_size, config.data.seq_len
+        if key == "latents":
+            return (b, l, max_latent_dim(config.model))
+        return (b, l)
+
+    def train_iterator(self, config: mlc.ConfigDict, process_index: int, process_count: int):
+        return build_train_iterator(config, process_index=process_index,
+                                    process_count=process_count)
+
+    def flops_per_step(self, config: mlc.ConfigDict) -> float:
+        tokens = config.train.global_batch_size * config.data.seq_len
+        return transformer_flops_per_token(config.model, config.data.seq_len) * tokens
+
+    def items_per_step(self, config: mlc.ConfigDict) -> tuple[str, float]:
+        return "tokens", float(config.train.global_batch_size * config.data.seq_len)
+
+    def evaluate(self, model, config, workdir, step):
+        return {}
