@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-fast lint install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,20 @@ DEMO_ARGS ?=
 demo: $(STAMP)
 	$(BIN)/latentlm demo --workdir runs/demo $(DEMO_ARGS)
 
+# Everything, slow end-to-end tests included (what CI runs via .ci/run).
 test: $(STAMP)
 	$(BIN)/ruff check latentlm_jax configs launch tests
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
+
+# The edit loop: lint and the tests not marked `slow` (training runs of more than a few steps,
+# CLI and multi-process subprocesses, anything over ~10 s); `make test` still runs those. Most of
+# the time is XLA compiling on CPU, so compiled programs are kept across runs in $(JAX_CACHE)
+# (the first run fills it; a changed program is compiled afresh; `make clean` removes it).
+JAX_CACHE := $(VENV)/jax_cache
+test-fast: $(STAMP)
+	$(BIN)/ruff check latentlm_jax configs launch tests
+	JAX_COMPILATION_CACHE_DIR="$(CURDIR)/$(JAX_CACHE)" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
+	  $(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check latentlm_jax configs launch tests

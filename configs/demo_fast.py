@@ -1,14 +1,16 @@
 """``latentlm demo --fast``: the demo's full path with tiny settings (about two minutes on a CPU).
 
-Every stage runs as in the full demo (configs from ``latentlm_jax.demo.pipeline.demo_config``);
-only sizes, steps and sample counts shrink, so the scores are far below the full demo's.
+Every stage runs as in the full demo (``configs/demo.py``, loaded from next to this file); only
+sizes, steps and sample counts shrink, so the scores are far below the full demo's.
 """
 
-from latentlm_jax.demo.pipeline import demo_config
+import os
+
+from latentlm_jax.config.loading import load_config_file
 
 
 def get_config():
-    c = demo_config()
+    c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py"))
     c.fast = True
     for name, steps, batch in (("vae_image", 60, 16), ("vae_audio", 40, 8), ("lm", 60, 8)):
         t = c[name].train

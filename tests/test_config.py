@@ -2,7 +2,6 @@
 
 import os
 import subprocess
-import sys
 
 import pytest
 
@@ -15,9 +14,7 @@ from latentlm_jax.config.loading import (
 )
 from latentlm_jax.config.validate import validate
 from latentlm_jax.parallel.mesh_check import check_mesh
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "lm_tiny.py")
+from tests.helpers import LM_TINY, ROOT, config_path, latentlm_command, one_device_env
 
 
 def test_overrides_are_typed():
@@ -115,13 +112,14 @@ def test_real_configs_validate():
                    if n.endswith(".py") and not n.startswith("_"))
     assert "demo_fast.py" in names and "latentlm_tiny.py" in names
     for name in names:
-        config = load_config_file(os.path.join(ROOT, "configs", name))
+        config = load_config_file(config_path(name))
         if name.startswith("demo"):  # the demo's settings: three training configs and more
             check_demo_config(config)
         else:
             validate(config)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,fragment", [
     (["--config.model.num_heads=5"], "config.model.num_heads:"),
     (["--config.model.emb_dimm=8"], "config.model.emb_dimm: unknown key"),
@@ -130,24 +128,22 @@ def test_real_configs_validate():
     (["--config.mesh.ici.data=3"], "config.mesh.ici"),
 ])
 def test_cli_reports_one_line_and_exits_2(tmp_path, args, fragment):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     proc = subprocess.run(
-        [sys.executable, "-m", "latentlm_jax.cli.main", "train", "--config", TINY,
-         "--workdir", str(tmp_path / "w"), *args],
-        capture_output=True, text=True, env=env, timeout=120)
+        latentlm_command("train", "--config", LM_TINY, "--workdir", str(tmp_path / "w"), *args),
+        capture_output=True, text=True, env=one_device_env(), timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr
     assert fragment in lines[0] and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_missing_latent_shards_are_one_line_before_the_workdir_exists(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     proc = subprocess.run(
-        [sys.executable, "-m", "latentlm_jax.cli.main", "train", "--config",
-         os.path.join(ROOT, "configs", "latentlm_tiny.py"), "--workdir", str(tmp_path / "w"),
-         f"--config.data.latent_files=('{tmp_path}/none-*.array_record',)"],
-        capture_output=True, text=True, env=env, timeout=120)
+        latentlm_command("train", "--config", config_path("latentlm_tiny.py"),
+                         "--workdir", str(tmp_path / "w"),
+                         f"--config.data.latent_files=('{tmp_path}/none-*.array_record',)"),
+        capture_output=True, text=True, env=one_device_env(), timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "config.data.latent_files: no latent shard matches" in lines[0]

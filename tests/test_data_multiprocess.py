@@ -9,8 +9,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from latentlm_jax.config.base import base_config
 from latentlm_jax.data.pipeline import build_document_dataset
+from tests.helpers import multiprocess_env, text_config
 
 WORKER = textwrap.dedent("""
     import sys
@@ -41,8 +41,7 @@ def test_two_processes_read_disjoint_shards_of_one_stream(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     port = str(20000 + os.getpid() % 20000)
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    env = multiprocess_env()
     procs = [subprocess.Popen([sys.executable, str(script), port, str(p), str(corpus),
                                str(tmp_path / f"p{p}.npz")], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for p in range(2)]
@@ -51,9 +50,7 @@ def test_two_processes_read_disjoint_shards_of_one_stream(tmp_path):
         assert p.returncode == 0, out
     assert "process 0 of 2 rows (2, 64)" in outs[0] and "process 1 of 2 rows (2, 64)" in outs[1]
 
-    c = base_config()
-    c.data.source, c.data.text_files, c.data.seq_len = "text_files", (str(corpus),), 64
-    one = build_document_dataset(c, process_index=0, process_count=1)
+    one = build_document_dataset(text_config(corpus), process_index=0, process_count=1)
     shards = []
     for p in range(2):
         data = np.load(tmp_path / f"p{p}.npz")

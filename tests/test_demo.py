@@ -1,6 +1,7 @@
-"""``latentlm demo``: prompts, score bookkeeping, stage reuse rules, and (slow) the whole --fast run
-end to end: report written, scores recomputable from the saved samples, a second run reuses every
-stage, an interrupted training stage resumes from its checkpoint."""
+"""``latentlm demo``: prompts, score bookkeeping, stage reuse rules, the codec's batched path, and
+(slow) the whole --fast run end to end: report written, scores recomputable from the saved
+samples, a second run reuses every stage, an interrupted training stage resumes from its
+checkpoint."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from flax import nnx
 
 from latentlm_jax.config.loading import ConfigError, load_config_file
 from latentlm_jax.data import scoring
@@ -22,9 +24,14 @@ from latentlm_jax.data.shapes_tones import (
     image_caption,
     is_held_out,
 )
-from latentlm_jax.demo import pipeline, stages
-from latentlm_jax.demo.report import format_value
+from latentlm_jax.demo import generation, markers, pipeline, stages
+from latentlm_jax.demo.results import format_value
+from latentlm_jax.generate.codecs import MediaCodec
+from latentlm_jax.modality import AUDIO, IMAGE, MODALITY_NAMES
+from latentlm_jax.vae.audio import AudioVAE
+from latentlm_jax.vae.image import ImageVAE
 
+FULL = str(pipeline.configs_dir() / "demo.py")
 FAST = str(pipeline.configs_dir() / "demo_fast.py")
 
 
@@ -35,7 +42,7 @@ def _caption(combo):
 
 # ------------------------------------------------------------------------------ prompts & scores
 def test_t2i_prompts_cover_all_combinations_with_held_out_spread():
-    prompts = stages.t2i_prompts(180, seed=3)
+    prompts = generation.t2i_prompts(180, seed=3)
     assert sorted(p for p, _ in prompts) == sorted(_caption(c) for c in all_combinations())
     assert [p for p, h in prompts if h] != []
     for i, (p, held) in enumerate(prompts):
@@ -44,9 +51,9 @@ def test_t2i_prompts_cover_all_combinations_with_held_out_spread():
         assert held == (i % 10 == 0)  # the 18 held-out ones sit at every 10th place
     assert sum(h for _, h in prompts) == len(HELD_OUT_COMBINATIONS)
     # a short list still holds a held-out prompt; a longer one cycles; the seed shuffles
-    assert sum(h for _, h in stages.t2i_prompts(10, seed=3)) == 1
-    assert stages.t2i_prompts(185, seed=3)[180:] == prompts[:5]
-    assert stages.t2i_prompts(180, seed=4) != prompts
+    assert sum(h for _, h in generation.t2i_prompts(10, seed=3)) == 1
+    assert generation.t2i_prompts(185, seed=3)[180:] == prompts[:5]
+    assert generation.t2i_prompts(180, seed=4) != prompts
 
 
 def test_summarise_counts_the_records():
@@ -57,7 +64,7 @@ def test_summarise_counts_the_records():
     i2t = [{"correct": bool(rng.random() < 0.5)} for _ in range(11)]
     t2a = [{"correct": bool(rng.random() < 0.5), "count": bool(rng.random() < 0.7)}
            for _ in range(13)]
-    scores = stages.summarise({"text_to_image": t2i, "image_to_text": i2t,
+    scores = generation.summarise({"text_to_image": t2i, "image_to_text": i2t,
                                "text_to_audio": t2a, "audio_recon": i2t})
     assert list(scores)[:3] == ["text→image", "image→text", "text→audio"]
     assert "audio→text" not in scores
@@ -74,14 +81,14 @@ def test_summarise_counts_the_records():
 # ------------------------------------------------------------------------------ stage rules
 def test_markers_match_only_their_key(tmp_path):
     d = str(tmp_path / "stage")
-    assert not stages.marker_matches(d, "k1")
-    stages.write_marker(d, {"key": "k1", "n": 3})
-    assert stages.marker_matches(d, "k1") and not stages.marker_matches(d, "k2")
-    assert stages.read_marker(d) == {"key": "k1", "n": 3}
-    stages.clear_marker(d)
-    assert stages.read_marker(d) is None
-    assert stages.fingerprint({"a": 1, "b": [1, 2]}) == stages.fingerprint({"b": [1, 2], "a": 1})
-    assert stages.fingerprint({"a": 1}) != stages.fingerprint({"a": 2})
+    assert not markers.marker_matches(d, "k1")
+    markers.write_marker(d, {"key": "k1", "n": 3})
+    assert markers.marker_matches(d, "k1") and not markers.marker_matches(d, "k2")
+    assert markers.read_marker(d) == {"key": "k1", "n": 3}
+    markers.clear_marker(d)
+    assert markers.read_marker(d) is None
+    assert markers.fingerprint({"a": 1, "b": [1, 2]}) == markers.fingerprint({"b": [1, 2], "a": 1})
+    assert markers.fingerprint({"a": 1}) != markers.fingerprint({"a": 2})
 
 
 def test_a_workdir_trained_with_other_settings_is_refused(tmp_path):
@@ -95,6 +102,21 @@ def test_a_workdir_trained_with_other_settings_is_refused(tmp_path):
     moved.train.num_steps = 7
     with pytest.raises(ConfigError, match=r"train\.num_steps: 1400 → 7"):
         stages.check_same_config(moved, str(tmp_path), "LatentLM")
+
+
+def test_a_workdir_from_before_a_new_config_field_is_accepted_at_its_default(tmp_path):
+    """A run saved before a field existed resumes while the field keeps its default; a
+    non-default value of the new field is a difference."""
+    cfg = load_config_file(str(pipeline.configs_dir() / "latentlm_tiny.py"))
+    saved = stages.config_json(cfg)
+    del saved["train"]["ema_decay"]  # as if train.ema_decay had been added after this run
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    again = load_config_file(str(pipeline.configs_dir() / "latentlm_tiny.py"))
+    again.train.ema_decay = 0.0  # the base default
+    stages.check_same_config(again, str(tmp_path), "LatentLM")
+    again.train.ema_decay = 0.5
+    with pytest.raises(ConfigError, match=r"train\.ema_decay: '\(absent\)' → 0\.5"):
+        stages.check_same_config(again, str(tmp_path), "LatentLM")
 
 
 def test_stage_configs_pass_the_seed_and_the_vae_dims(tmp_path):
@@ -111,11 +133,55 @@ def test_stage_configs_pass_the_seed_and_the_vae_dims(tmp_path):
         "latents-image-00000-of-00001.array_record", "latents-audio-00000-of-00001.array_record"]
     assert lm.data.image_vae_workdir == str(tmp_path / "vae_image")
     # --fast only changes sizes: the full config has the same fields
-    full = pipeline.demo_config()
+    full = load_config_file(FULL)
     assert sorted(stages._flatten(full.to_dict())) == sorted(stages._flatten(c.to_dict()))
     c.generate.sampler = "euler"
     with pytest.raises(ConfigError, match="generate.sampler"):
         pipeline.check_demo_config(c)
+
+
+def _untrained_codec(modality: int) -> MediaCodec:
+    """A MediaCodec around a freshly initialised σ-VAE of the demo's config and made-up stats."""
+    name = MODALITY_NAMES[modality]
+    cfg = load_config_file(str(pipeline.configs_dir() / f"vae_{name}_tiny.py"))
+    codec = MediaCodec.__new__(MediaCodec)
+    codec.modality, codec.name, codec.vae_config = modality, name, cfg
+    codec.vae = (ImageVAE if modality == IMAGE else AudioVAE)(cfg.vae, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(modality)
+    d = codec.grid()[-1]
+    codec.stats = {"mean": rng.normal(size=d).astype(np.float32),
+                   "std": rng.uniform(0.5, 2.0, d).astype(np.float32)}
+    return codec
+
+
+def test_codec_batched_path_matches_one_at_a_time():
+    rng = np.random.default_rng(0)
+    image = _untrained_codec(IMAGE)
+    h, w, d = image.grid()
+    pixels = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    z, recon = image.reconstruct_batch(pixels)
+    assert z.shape == (3, h * w, d) and recon.shape == (3, 32, 32, 3) and recon.dtype == np.uint8
+    np.testing.assert_array_equal(image.encode_batch(pixels), z)
+    np.testing.assert_array_equal(image.encode(pixels), z)
+    imgs = image.decode_batch(list(z))
+    assert imgs.shape == (3, 32, 32, 3) and imgs.dtype == np.uint8
+    assert np.abs(imgs[1].astype(int) - image.decode(z[1]).astype(int)).max() <= 1
+    with pytest.raises(ValueError, match=f"an image needs {h * w} latents"):
+        image.decode_batch([z[0][:-1]])
+
+    audio = _untrained_codec(AUDIO)
+    frames, d = audio.grid()
+    lats = [rng.normal(size=(n, d)).astype(np.float32) for n in (frames, 2, frames, 3)]
+    waves = audio.decode_batch(lats, 16000)
+    assert waves.shape == (4, 16000) and waves.dtype == np.float32
+    assert np.abs(waves).max() <= 1.0
+    for z, wave in zip(lats, waves, strict=True):
+        one = audio.decode(z)  # decoded alone: its own length
+        assert one.ndim == 1 and 0 < len(one) <= 16000
+        np.testing.assert_allclose(wave[:len(one)], one, atol=1e-5)
+        assert not wave[len(one):].any()  # zero-padded to num_samples
+    assert audio.decode_batch(lats[1:2] + lats[3:]).shape == (2, len(audio.decode(lats[3])))
+    assert audio.decode_batch(lats, 800).shape == (4, 800)  # cut
 
 
 def _cli(*args, timeout=900):
@@ -179,7 +245,7 @@ def test_fast_demo_end_to_end_then_reused(tmp_path):
     results = json.loads((workdir / "results.json").read_text())
     samples, scores = results["samples"], results["scores"]
     table = out[out.index("metric"):out.index("Report: ")]
-    for task, name in stages.TASK_NAMES.items():
+    for task, name in generation.TASK_NAMES.items():
         flags = [r["correct"] for r in samples[task]]
         assert scores[name] == {"accuracy": sum(flags) / len(flags), "n": len(flags)}
         assert _table_value(table, name) == format_value(sum(flags) / len(flags), "accuracy")

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec
 
@@ -50,6 +51,7 @@ def test_output_shape_and_zero_at_init():
         np.testing.assert_array_equal(out, 0.0)
 
 
+@pytest.mark.slow
 def test_condition_broadcasts_over_draws_and_scalar_t():
     head = randomize(make_head())
     b, k, l = 2, 3, 4
@@ -81,6 +83,7 @@ def test_block_is_identity_at_init():
         np.testing.assert_array_equal(block(x, silu_c), x)
 
 
+@pytest.mark.slow
 def test_gradient_flows_and_output_moves_after_one_sgd_step():
     head = make_head()
     sched = make_schedule("cosine")

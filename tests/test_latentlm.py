@@ -8,7 +8,6 @@ import optax
 import pytest
 from flax import nnx
 
-from latentlm_jax.config.base import base_config
 from latentlm_jax.data.tokenizer import ByteTokenizer
 from latentlm_jax.diffusion.loss import diffusion_loss
 from latentlm_jax.diffusion.schedules import make_schedule
@@ -17,14 +16,14 @@ from latentlm_jax.lm.cross_entropy import masked_cross_entropy
 from latentlm_jax.lm.loss import latentlm_loss
 from latentlm_jax.modality import AUDIO, IMAGE
 from latentlm_jax.models.latentlm import LatentLM
+from tests.helpers import tiny_model
 
 TOK = ByteTokenizer()
 N_IMG, D_IMG, D_AUD = 4, 3, 5
 
 
 def model_cfg(**kw):
-    m = base_config().model
-    m.num_layers, m.emb_dim, m.num_heads, m.num_kv_heads, m.head_dim, m.mlp_dim = 2, 32, 4, 2, 8, 64
+    m = tiny_model()
     m.image_latent_dim, m.audio_latent_dim = D_IMG, D_AUD
     m.head.depth = 2
     for k, v in kw.items():
@@ -100,6 +99,7 @@ def test_loss_is_ce_plus_weighted_diffusion():
     assert int(metrics["image_latents"]) == N_IMG and int(metrics["audio_latents"]) == 2
 
 
+@pytest.mark.slow
 def test_training_lowers_both_terms():
     model = LatentLM(model_cfg(), rngs=nnx.Rngs(2))
     graphdef, params = nnx.split(model, nnx.Param)
@@ -144,6 +144,7 @@ def naive_text(model, latents, max_tokens):
     return TOK.decode(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan", [True, False])
 def test_cached_captioning_equals_naive_recomputation(scan):
     model = LatentLM(model_cfg(scan_layers=scan), rngs=nnx.Rngs(4))
@@ -181,6 +182,7 @@ def naive_latents(model, caption, opts, key, n):
     return np.stack(out)
 
 
+@pytest.mark.slow
 def test_cached_latent_generation_equals_naive_recomputation():
     model = LatentLM(model_cfg(), rngs=nnx.Rngs(5))
     # Give the heads non-zero output layers so the latents depend on the hidden states.
@@ -205,6 +207,7 @@ def test_guidance_and_audio_stopping_run():
     assert all(np.isfinite(z).all() for z in out)
 
 
+@pytest.mark.slow
 def test_gathered_targets_give_the_same_loss_when_capacity_suffices():
     """Running the head only on gathered latent targets changes the draws' layout, not the
     math: with the same per-target noise the loss equals the every-position loss."""

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from latentlm_jax.config.base import base_config
 from latentlm_jax.models import layers
 from latentlm_jax.models.transformer import Block, TextLM
+from tests.helpers import tiny_model
 
 
 def np_rmsnorm(x, scale, eps):
@@ -54,12 +54,7 @@ def np_swiglu(x, wg, wu, wd):
 
 
 def small_cfg(**kw):
-    m = base_config().model
-    m.emb_dim, m.num_heads, m.num_kv_heads, m.head_dim, m.mlp_dim = 32, 4, 2, 8, 64
-    m.num_layers = 3
-    for k, v in kw.items():
-        m[k] = v
-    return m
+    return tiny_model(**{"num_layers": 3, **kw})
 
 
 def test_rmsnorm_matches_numpy():
@@ -178,6 +173,7 @@ def _unstack(params, num_layers):
     return out
 
 
+@pytest.mark.slow
 def test_scan_and_remat_policies_agree():
     tokens = jnp.asarray(np.random.default_rng(6).integers(8, 200, size=(2, 10)), jnp.int32)
     pos = jnp.tile(jnp.arange(10, dtype=jnp.int32), (2, 1))

@@ -1,25 +1,18 @@
 """Multi-host training on one machine: 2 JAX processes × 4 CPU devices, gloo collectives."""
 
-import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "lm_tiny.py")
-ARGS = ["--config", TINY, "--config.train.num_steps=6", "--config.train.log_every=1",
-        "--config.model.num_layers=1", "--config.model.emb_dim=32", "--config.model.mlp_dim=64",
-        "--config.model.head_dim=8", "--config.data.seq_len=32",
+from tests.helpers import LM_TINY, ROOT, TINY_MODEL, latentlm_command, losses, multiprocess_env
+
+MODEL = {**TINY_MODEL, "num_layers": 1}
+ARGS = ["--config", LM_TINY, "--config.train.num_steps=6", "--config.train.log_every=1",
+        *(f"--config.model.{k}={v}" for k, v in MODEL.items()), "--config.data.seq_len=32",
         "--config.train.global_batch_size=8", "--config.metrics.peak_tflops_per_device=1",
         "--config.mesh.ici.data=2", "--config.mesh.ici.fsdp=2", "--config.mesh.ici.tensor=2"]
-
-
-def losses(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return {r["step"]: r["loss"] for r in map(json.loads, f)}
 
 
 class TwoShardIterator:
@@ -46,13 +39,15 @@ class TwoShardIterator:
         for s, st in zip(self.shards, state, strict=True):
             s.set_state(st)
 
+    def close(self):
+        for s in self.shards:
+            s.close()
+
 
 @pytest.mark.slow
 @pytest.mark.multidevice
 def test_two_processes_match_one(tmp_path, monkeypatch):
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               LATENTLM=f"{sys.executable} -m latentlm_jax.cli.main")
-    env.pop("XLA_FLAGS", None)
+    env = multiprocess_env(LATENTLM=" ".join(latentlm_command()))
     multi = subprocess.run(
         ["bash", os.path.join(ROOT, "launch", "local_cpu.sh"), "2", "4", "train",
          "--workdir", str(tmp_path / "multi"), *ARGS],

@@ -23,6 +23,7 @@ from latentlm_jax.data.shapes_tones import ShapesTones
 from latentlm_jax.data.sources import CaptionSource
 from latentlm_jax.data.tokenizer import ByteTokenizer
 from latentlm_jax.modality import AUDIO, IMAGE
+from tests.helpers import text_config
 
 TOK = ByteTokenizer()
 
@@ -31,17 +32,6 @@ def write_lines(path, n, *, extra=()):
     lines = [f"document {i}: " + "abcdefghij"[: i % 10] * (i % 4) for i in range(n)]
     path.write_text("\n".join([*lines, *extra]) + "\n", encoding="utf-8")
     return lines
-
-
-def text_config(path, **data):
-    c = base_config()
-    c.data.source = "text_files"
-    c.data.text_files = (str(path),)
-    c.data.seq_len = 64
-    c.train.global_batch_size = 4
-    for k, v in data.items():
-        c.data[k] = v
-    return c
 
 
 def take(it, n):

@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from latentlm_jax.demo.assets import wav_bytes
 from latentlm_jax.demo.plots import read_metrics, spectrogram_rgb, use_log_y
-from latentlm_jax.demo.report import (
+from latentlm_jax.demo.report import write_report
+from latentlm_jax.demo.results import (
     AudioSample,
     CaptionSample,
     DemoResults,
     ImageSample,
     StageSummary,
     score_table_text,
-    wav_bytes,
-    write_report,
 )
 
 SR = 16000

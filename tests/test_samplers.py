@@ -99,6 +99,7 @@ def test_fast_solvers_match_ddpm_statistics(ddpm_ref, method, steps, mean_tol, c
     assert dm < mean_tol and dc < cov_tol, (dm, dc)
 
 
+@pytest.mark.slow
 def test_dpm_solver_is_second_order_ddim_first_order():
     """Per-sample error against a 400-step solution from the same noise, as steps double."""
     n = 2000

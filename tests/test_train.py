@@ -1,51 +1,34 @@
 """The training loop: metrics, bitwise resume, same math on any mesh, accumulation, SIGTERM."""
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
 
-from latentlm_jax.config.loading import load_config_file
 from latentlm_jax.train.trainer import train
+from tests.helpers import (
+    LM_TINY,
+    latentlm_command,
+    losses,
+    one_device_env,
+    read_metrics,
+    tiny_lm_config,
+)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "lm_tiny.py")
+# Every test here runs the trainer (or builds its whole setup and steps it): end to end.
+pytestmark = pytest.mark.slow
+
 REQUIRED = ("step", "loss", "grad_norm", "lr", "tokens_per_sec", "tflops_per_device", "mfu",
             "data_wait_frac")
 
 
-def tiny_config(**mesh):
-    c = load_config_file(TINY)
-    c.model.num_layers, c.model.emb_dim, c.model.mlp_dim = 2, 32, 64
-    c.model.num_heads, c.model.num_kv_heads, c.model.head_dim = 4, 2, 8
-    c.data.seq_len, c.train.global_batch_size = 32, 8
-    c.train.num_steps, c.train.warmup_steps, c.train.log_every = 20, 2, 1
-    c.checkpoint.every_steps = 10
-    c.metrics.peak_tflops_per_device = 1.0  # skip calibration in tests
-    c.mesh.ici.data, c.mesh.ici.fsdp, c.mesh.ici.tensor = 1, 1, 1
-    for k, v in mesh.items():
-        c.mesh.ici[k] = v
-    return c
-
-
-def losses(workdir) -> dict[int, float]:
-    out = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            row = json.loads(line)
-            out[row["step"]] = row["loss"]
-    return out
-
-
 def test_metrics_and_bitwise_resume(tmp_path):
     """20 steps straight == 10 steps, stop, restart, 10 steps: identical losses, bitwise."""
-    c = tiny_config()
+    c = tiny_lm_config()
     one = jax.devices()[:1]
     train(c, str(tmp_path / "straight"), devices=one)
     train(c, str(tmp_path / "resumed"), stop_at=10, devices=one)
@@ -58,8 +41,7 @@ def test_metrics_and_bitwise_resume(tmp_path):
         assert straight[step] == resumed[step], (step, straight[step], resumed[step])
     assert straight[20] < straight[1]  # it learns
 
-    with open(tmp_path / "straight" / "metrics.jsonl") as f:
-        row = json.loads(f.readline())
+    row = read_metrics(tmp_path / "straight")[0]
     for key in REQUIRED:
         assert key in row and np.isfinite(row[key]), key
     assert 0 <= row["data_wait_frac"] <= 1 and row["tokens_per_sec"] > 0
@@ -69,9 +51,9 @@ def test_metrics_and_bitwise_resume(tmp_path):
 
 @pytest.mark.multidevice
 def test_same_math_on_one_and_eight_devices(tmp_path):
-    c1 = tiny_config()
+    c1 = tiny_lm_config()
     c1.train.num_steps = 10
-    c8 = tiny_config(data=2, fsdp=2, tensor=2)
+    c8 = tiny_lm_config(data=2, fsdp=2, tensor=2)
     c8.train.num_steps = 10
     train(c1, str(tmp_path / "one"), devices=jax.devices()[:1])
     train(c8, str(tmp_path / "eight"))
@@ -82,9 +64,9 @@ def test_same_math_on_one_and_eight_devices(tmp_path):
 
 
 def test_gradient_accumulation_matches_full_batch(tmp_path):
-    c1 = tiny_config()
+    c1 = tiny_lm_config()
     c1.train.num_steps = 5
-    c2 = tiny_config()
+    c2 = tiny_lm_config()
     c2.train.num_steps, c2.train.grad_accum_steps = 5, 2
     train(c1, str(tmp_path / "full"), devices=jax.devices()[:1])
     train(c2, str(tmp_path / "accum"), devices=jax.devices()[:1])
@@ -95,14 +77,14 @@ def test_gradient_accumulation_matches_full_batch(tmp_path):
         np.testing.assert_allclose(b[step], a[step], rtol=2e-2)
 
 
-@pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_zero(tmp_path):
     workdir = tmp_path / "w"
-    cmd = [sys.executable, "-m", "latentlm_jax.cli.main", "train", "--config", TINY,
-           "--workdir", str(workdir), "--config.train.num_steps=100000",
-           "--config.train.log_every=1", "--config.checkpoint.every_steps=100000",
-           "--config.model.num_layers=1", "--config.metrics.peak_tflops_per_device=1"]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    cmd = latentlm_command("train", "--config", LM_TINY, "--workdir", str(workdir),
+                           "--config.train.num_steps=100000", "--config.train.log_every=1",
+                           "--config.checkpoint.every_steps=100000",
+                           "--config.model.num_layers=1",
+                           "--config.metrics.peak_tflops_per_device=1")
+    env = one_device_env()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env)
     metrics = workdir / "metrics.jsonl"
@@ -132,7 +114,7 @@ def test_ema_follows_its_definition():
     """One step by hand: ema' = d·ema + (1 − d)·params' with ema initialised to the params."""
     from latentlm_jax.train.setup import build_setup
 
-    c = tiny_config()
+    c = tiny_lm_config()
     c.train.ema_decay = 0.9
     setup = build_setup(c, jax.devices()[:1])
     state = setup.init_state()
@@ -153,12 +135,11 @@ def test_bad_input_is_skipped_and_counted_in_metrics(tmp_path):
     lines[5] = b"x" * 200  # longer than seq_len 32
     lines[9] = b"broken \xff\xfe utf-8"
     corpus.write_bytes(b"\n".join(lines))
-    c = tiny_config()
+    c = tiny_lm_config()
     c.data.source, c.data.text_files = "text_files", (str(corpus),)
     c.train.num_steps = 4
     train(c, str(tmp_path / "w"), devices=jax.devices()[:1])
-    with open(tmp_path / "w" / "metrics.jsonl") as f:
-        last = [json.loads(line) for line in f][-1]
+    last = read_metrics(tmp_path / "w")[-1]
     assert last["data/skipped/too_long"] >= 1
     assert last["data/skipped/invalid_utf8"] >= 1
 

@@ -86,7 +86,8 @@ def test_hinge_losses_match_numpy():
     np.testing.assert_allclose(hinge_g_loss(fake), -fake.mean(), rtol=1e-6)
 
 
-@pytest.mark.parametrize("ndim,shape", [(2, (2, 16, 16, 3)), (1, (2, 256, 1))])
+@pytest.mark.parametrize("ndim,shape", [
+    pytest.param(2, (2, 16, 16, 3), marks=pytest.mark.slow), (1, (2, 256, 1))])
 def test_adversarial_terms_route_gradients(ndim, shape):
     """Generator term: no gradient into D; D term: no gradient into the fake input; all off
     before the start step."""

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from latentlm_jax.config.vae import vae_defaults
 from latentlm_jax.vae.audio import AudioVAE, audio_forward_flops, polar_spectrum
 from latentlm_jax.vae.codec import sample_sigma
 from latentlm_jax.vae.config import audio_latent_shape, hop_length, image_latent_shape
 from latentlm_jax.vae.image import ImageVAE, image_forward_flops
 from latentlm_jax.vae.stft import frame_phase, istft, stft
+from tests.helpers import tiny_vae
 
 
 @nnx.jit
@@ -25,23 +25,9 @@ def encode_decode(model, x, key):
     return mu, model.decode(model.sample_latent(mu, key))
 
 
-def tiny(kind="sigma", **changes):
-    v = vae_defaults()
-    v.kind = kind
-    v.image.channels = 4
-    v.audio.channels = 2
-    for key, value in changes.items():
-        node = v
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return v
-
-
 @pytest.mark.parametrize("factor", [4, 8, 16])
 def test_image_shapes_for_downsample_factors(factor):
-    v = tiny(**{"image.downsample": factor, "image.latent_dim": 6})
+    v = tiny_vae(**{"image.downsample": factor, "image.latent_dim": 6})
     model = ImageVAE(v, rngs=nnx.Rngs(0))
     x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)), jnp.float32)
     mu, y = encode_decode(model, x, jax.random.key(0))
@@ -54,8 +40,8 @@ def test_image_shapes_for_downsample_factors(factor):
     ("stft", 320, (2,), 25), ("stft", 200, (2, 4), 10), ("waveform", 8, (4, 4, 5), 25)])
 def test_audio_shapes_for_hops(rep, base, strides, frames):
     key = "audio.stft_hop" if rep == "stft" else "audio.patch_size"
-    v = tiny(**{"audio.representation": rep, key: base, "audio.strides": strides,
-                "audio.latent_dim": 5})
+    v = tiny_vae(**{"audio.representation": rep, key: base, "audio.strides": strides,
+                    "audio.latent_dim": 5})
     assert hop_length(v) == base * math.prod(strides) == 16000 // frames
     model = AudioVAE(v, rngs=nnx.Rngs(0))
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 16000)) * 0.1, jnp.float32)
@@ -66,13 +52,13 @@ def test_audio_shapes_for_hops(rep, base, strides, frames):
 
 def test_bad_geometry_is_rejected():
     with pytest.raises(ValueError, match="downsample"):
-        ImageVAE(tiny(**{"image.downsample": 6}), rngs=nnx.Rngs(0))
+        ImageVAE(tiny_vae(**{"image.downsample": 6}), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="patch_size"):
-        ImageVAE(tiny(**{"image.patch_size": 16, "image.downsample": 8}), rngs=nnx.Rngs(0))
+        ImageVAE(tiny_vae(**{"image.patch_size": 16, "image.downsample": 8}), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="hop"):
-        audio_latent_shape(tiny(**{"audio.strides": (7, 7)}))
+        audio_latent_shape(tiny_vae(**{"audio.strides": (7, 7)}))
     with pytest.raises(ValueError, match="kind"):
-        ImageVAE(tiny(kind="vq"), rngs=nnx.Rngs(0))
+        ImageVAE(tiny_vae(kind="vq"), rngs=nnx.Rngs(0))
 
 
 def test_expected_abs_sigma_is_std():
@@ -86,7 +72,7 @@ def test_expected_abs_sigma_is_std():
 
 
 def test_sample_latent_uses_one_sigma_per_example():
-    model = ImageVAE(tiny(**{"image.latent_dim": 16, "image.downsample": 4}),
+    model = ImageVAE(tiny_vae(**{"image.latent_dim": 16, "image.downsample": 4}),
                      rngs=nnx.Rngs(0))
     mu = jnp.asarray(np.random.default_rng(1).standard_normal((64, 8, 8, 16)), jnp.float32)
     z, sigma = model.sample_latent(mu, jax.random.key(3), return_sigma=True)
@@ -101,7 +87,7 @@ def test_sample_latent_uses_one_sigma_per_example():
 
 
 def test_mode_is_deterministic_and_is_the_mean():
-    model = ImageVAE(tiny(), rngs=nnx.Rngs(0))
+    model = ImageVAE(tiny_vae(), rngs=nnx.Rngs(0))
     x = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (3, 32, 32, 3)), jnp.float32)
     mode = nnx.jit(lambda m, x: m.mode(x))
     a, b = mode(model, x), mode(model, x)
@@ -116,7 +102,7 @@ def test_mode_is_deterministic_and_is_the_mean():
 
 
 def test_plain_vae_reparameterises():
-    model = AudioVAE(tiny(kind="plain"), rngs=nnx.Rngs(0))
+    model = AudioVAE(tiny_vae(kind="plain"), rngs=nnx.Rngs(0))
     x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 16000)) * 0.1, jnp.float32)
     post = nnx.jit(lambda m, x: m.posterior(x))(model, x)
     assert post.logvar is not None and post.logvar.shape == post.mean.shape == (2, 25, 16)
@@ -129,7 +115,7 @@ def test_plain_vae_reparameterises():
 
 @pytest.mark.parametrize("cls", [ImageVAE, AudioVAE])
 def test_every_param_has_logical_names(cls):
-    model = cls(tiny(**{"loss.adversarial": True}), rngs=nnx.Rngs(0))
+    model = cls(tiny_vae(**{"loss.adversarial": True}), rngs=nnx.Rngs(0))
     params = nnx.state(model, nnx.Param)
     specs = jax.tree.leaves(nnx.get_partition_spec(params),
                             is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))
@@ -172,13 +158,15 @@ def test_absolute_phase_makes_a_steady_tone_constant():
     np.testing.assert_allclose(polar_spectrum(jnp.asarray(y)), [[2j, 1.0]], atol=1e-6)
 
 
-@pytest.mark.parametrize("cls,flops,shape", [(ImageVAE, image_forward_flops, (1, 32, 32, 3)),
-                                              (AudioVAE, audio_forward_flops, (1, 50, 641))])
+@pytest.mark.parametrize("cls,flops,shape", [
+    pytest.param(ImageVAE, image_forward_flops, (1, 32, 32, 3), marks=pytest.mark.slow),
+    (AudioVAE, audio_forward_flops, (1, 50, 641)),
+])
 def test_analytic_flops_match_xla(cls, flops, shape):
     """The analytic count covers the convolutions of encoder + decoder (``shape``: the encoder's
     input features; audio: 50 STFT frames of 641 bins); XLA's also counts norms and
     activations, a few percent at this width. The STFTs are left out of both."""
-    v = tiny(**{"image.channels": 32, "audio.channels": 32})
+    v = tiny_vae(**{"image.channels": 32, "audio.channels": 32})
     model = cls(v, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)
 

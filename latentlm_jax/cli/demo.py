@@ -20,24 +20,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tiny settings (configs/demo_fast.py): the same stages in about two "
                              "minutes, with low scores")
     parser.add_argument("--config", default=None,
-                        help="demo settings file with a get_config() (default: the built-in "
-                             "settings of latentlm_jax.demo.pipeline.demo_config); override fields "
-                             "with --config.a.b=value, e.g. --config.lm.train.num_steps=300")
+                        help="demo settings file with a get_config() (default: configs/demo.py); "
+                             "override fields with --config.a.b=value, e.g. "
+                             "--config.lm.train.num_steps=300")
 
 
 def run(args: argparse.Namespace) -> int:
     quiet_logs()
-    from latentlm_jax.demo.pipeline import configs_dir, demo_config, run_demo
-
     if args.fast and args.config:
-        raise ConfigError("", "--fast and --config are exclusive (--fast is "
-                              "--config configs/demo_fast.py)")
-    if args.fast:
-        config = load_config_file(str(configs_dir() / "demo_fast.py"))
-    elif args.config:
-        config = load_config_file(args.config)
-    else:
-        config = demo_config()
+        raise ConfigError("", "--fast and --config are exclusive (--fast is --config "
+                              "configs/demo_fast.py; the default is configs/demo.py)")
+    from latentlm_jax.demo.pipeline import configs_dir, run_demo
+
+    config = load_config_file(args.config or
+                              str(configs_dir() / ("demo_fast.py" if args.fast else "demo.py")))
     apply_overrides(config, getattr(args, "config_overrides", []))
     run_demo(config, args.workdir)
     return 0

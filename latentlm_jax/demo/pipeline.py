@@ -8,12 +8,16 @@
                                     → WORKDIR/results.json, WORKDIR/generate (samples.npz; DONE)
 6. write the report                 → WORKDIR/report/index.html, report.md
 
-The demo's settings are one ConfigDict (:func:`demo_config`) holding the three training configs
-(``vae_image``, ``vae_audio``, ``lm``: loaded from their files in ``configs/``) and the encode /
-generate settings, so ``--config.lm.train.num_steps=300`` or ``--config.generate.steps=30``
-override anything, and ``--fast`` is just another config file (``configs/demo_fast.py``).
-``seed`` is passed to every stage (``seed`` and ``data.seed`` of each training config, the encode
-noise, the test split and the samplers).
+The demo's settings are one ConfigDict, the config file ``configs/demo.py`` (found with
+:func:`configs_dir`), holding the three training configs (``vae_image``, ``vae_audio``, ``lm``:
+loaded from their files in ``configs/``) and the encode / generate settings, so
+``--config.lm.train.num_steps=300`` or ``--config.generate.steps=30`` override anything, and
+``--fast`` is just another config file (``configs/demo_fast.py``). :func:`check_demo_config`
+validates it. ``seed`` is passed to every stage (``seed`` and ``data.seed`` of each training
+config, the encode noise, the test split and the samplers).
+
+The stages live in ``demo/stages.py`` (training, encoding) and ``demo/generation.py`` (generation
+and scoring); the report in ``demo/report.py``.
 """
 
 from __future__ import annotations
@@ -28,10 +32,44 @@ from typing import Any
 
 import ml_collections as mlc
 
-from latentlm_jax.demo import stages
-from latentlm_jax.demo.stages import A2T, I2T, T2A, T2I, TASK_NAMES
+from latentlm_jax.config.loading import ConfigError
+from latentlm_jax.config.validate import validate
+from latentlm_jax.demo.generation import (
+    A2T,
+    I2T,
+    T2A,
+    T2I,
+    TASK_NAMES,
+    generate_stage,
+    load_results,
+)
+from latentlm_jax.demo.markers import read_marker
+from latentlm_jax.demo.report import write_report
+from latentlm_jax.demo.results import (
+    AudioSample,
+    CaptionSample,
+    DemoResults,
+    ImageSample,
+    StageSummary,
+    score_table_text,
+)
+from latentlm_jax.demo.stages import StageError, encode_stage, latent_files, train_stage
+from latentlm_jax.diffusion.samplers import METHODS
+from latentlm_jax.modality import (
+    AUDIO,
+    IMAGE,
+    LATENT_DIM_FIELDS,
+    LATENT_MODALITIES,
+    MODALITY_NAMES,
+    VAE_TASKS,
+)
+from latentlm_jax.train.metrics import format_duration
+from latentlm_jax.vae.config import audio_latent_shape, image_latent_shape
 
 NUM_STAGES = 6
+# The demo config's three training configs, each under its task's name: "vae_image", "vae_audio",
+# "lm" (also the names of their workdirs).
+TRAINING = (*VAE_TASKS.values(), "lm")
 TARGETS = {TASK_NAMES[T2I]: 0.8, TASK_NAMES[I2T]: 0.9, TASK_NAMES[T2A]: 0.8,
            TASK_NAMES[A2T]: 0.9}
 STAGE_CURVES = {
@@ -40,6 +78,7 @@ STAGE_CURVES = {
     "lm": ["loss", "ce", "diff/image", "diff/audio"],
 }
 STAGE_TITLES = {"vae_image": "image σ-VAE", "vae_audio": "audio σ-VAE", "lm": "LatentLM"}
+LATENT_SHAPES = {IMAGE: image_latent_shape, AUDIO: audio_latent_shape}  # config.vae → grid
 
 
 def configs_dir() -> Path:
@@ -48,50 +87,11 @@ def configs_dir() -> Path:
     return here if here.is_dir() else Path("configs")
 
 
-def demo_config() -> mlc.ConfigDict:
-    """The full demo's settings (the ≈20-minute CPU run)."""
-    from latentlm_jax.config.loading import load_config_file
-
-    d = configs_dir()
-    c = mlc.ConfigDict()
-    c.seed = 0
-    c.fast = False  # shown in the report: a short schedule, lower scores expected
-    c.vae_image = load_config_file(str(d / "vae_image_tiny.py"))
-    c.vae_audio = load_config_file(str(d / "vae_audio_tiny.py"))
-    c.lm = load_config_file(str(d / "latentlm_tiny.py"))
-
-    e = c.encode = mlc.ConfigDict()
-    e.num_examples = 20_000  # train examples encoded per modality
-    e.batch_size = 256
-
-    g = c.generate = mlc.ConfigDict()
-    g.text_to_image = 180  # prompts; 180 = every combination once, the 18 held-out ones included
-    g.image_to_text = 100  # test-split examples
-    g.text_to_audio = 100
-    g.audio_to_text = 100
-    g.batch_size = 100  # prompts per generator call
-    g.sampler = "dpm++2m"  # ddpm | ddim | dpm++2m
-    g.steps = 20
-    g.cfg_scale_image = 3.0
-    g.cfg_scale_audio = 3.0
-    g.temperature = 1.0  # latent noise scale
-    g.text_temperature = 0.0  # 0 = greedy captions
-    g.max_text_tokens = 64
-    g.use_ema = True
-
-    r = c.report = mlc.ConfigDict()
-    r.max_audio_players = 48
-    return c
-
-
 def check_demo_config(c: mlc.ConfigDict) -> None:
     """Validates the three training configs and the demo's own fields (one-line errors)."""
-    from latentlm_jax.config.loading import ConfigError
-    from latentlm_jax.config.validate import validate
-
-    for name, task in (("vae_image", "vae_image"), ("vae_audio", "vae_audio"), ("lm", "lm")):
-        if c[name].task != task:
-            raise ConfigError(f"{name}.task", f"must be {task!r}, got {c[name].task!r}")
+    for name in TRAINING:
+        if c[name].task != name:
+            raise ConfigError(f"{name}.task", f"must be {name!r}, got {c[name].task!r}")
         try:
             validate(c[name])
         except ConfigError as e:
@@ -105,8 +105,6 @@ def check_demo_config(c: mlc.ConfigDict) -> None:
     if g.batch_size <= 0 or g.steps <= 0 or g.max_text_tokens <= 0:
         raise ConfigError("generate.batch_size",
                           "batch_size, steps and max_text_tokens must be > 0")
-    from latentlm_jax.diffusion.samplers import METHODS
-
     if g.sampler not in METHODS:
         raise ConfigError("generate.sampler", f"must be one of {', '.join(METHODS)}; "
                                               f"got {g.sampler!r}")
@@ -117,22 +115,21 @@ def check_demo_config(c: mlc.ConfigDict) -> None:
 def stage_configs(c: mlc.ConfigDict, workdir: str) -> dict[str, mlc.ConfigDict]:
     """The three training configs as the stages run them: the demo's seed everywhere, the
     LatentLM's latent dims from the σ-VAEs, its data from the encoded latents."""
-    from latentlm_jax.vae.config import audio_latent_shape, image_latent_shape
-
     out = {}
-    for name in ("vae_image", "vae_audio", "lm"):
+    for name in TRAINING:
         cfg = mlc.ConfigDict(c[name].to_dict())
         cfg.seed = c.seed
         cfg.data.seed = c.seed
         out[name] = cfg
     lm = out["lm"]
-    lm.model.image_latent_dim = image_latent_shape(out["vae_image"].vae)[-1]
-    lm.model.audio_latent_dim = audio_latent_shape(out["vae_audio"].vae)[-1]
+    for m in LATENT_MODALITIES:
+        lm.model[LATENT_DIM_FIELDS[m]] = LATENT_SHAPES[m](out[VAE_TASKS[m]].vae)[-1]
     lm.data.source = "latents"
-    lm.data.latent_files = stages.latent_files(os.path.join(workdir, "latents"))
+    lm.data.latent_files = latent_files(os.path.join(workdir, "latents"))
     lm.data.latent_stats_dir = os.path.abspath(os.path.join(workdir, "latents"))
-    lm.data.image_vae_workdir = os.path.abspath(os.path.join(workdir, "vae_image"))
-    lm.data.audio_vae_workdir = os.path.abspath(os.path.join(workdir, "vae_audio"))
+    for m in LATENT_MODALITIES:
+        lm.data[f"{MODALITY_NAMES[m]}_vae_workdir"] = os.path.abspath(
+            os.path.join(workdir, VAE_TASKS[m]))
     return out
 
 
@@ -173,7 +170,7 @@ def run_demo(c: mlc.ConfigDict, workdir: str, say: Callable[[str], None] = print
     t_run = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
     cfgs = stage_configs(c, workdir)
-    paths = {name: os.path.join(workdir, name) for name in ("vae_image", "vae_audio", "lm")}
+    paths = {name: os.path.join(workdir, name) for name in TRAINING}
     latents_dir = os.path.join(workdir, "latents")
     gen_dir = os.path.join(workdir, "generate")
     results_path = os.path.join(workdir, "results.json")
@@ -189,19 +186,19 @@ def run_demo(c: mlc.ConfigDict, workdir: str, say: Callable[[str], None] = print
             times[name] = time.perf_counter() - t0
             _save_times(workdir, times)
         say(f"[{k}/{NUM_STAGES}] {'reused' if reused[name] else 'done'} in "
-            f"{_fmt(time.perf_counter() - t0)}")
+            f"{format_duration(time.perf_counter() - t0)}")
 
     for k, name in ((1, "vae_image"), (2, "vae_audio")):
         cfg = cfgs[name]
         stage(k, name, f"training the {STAGE_TITLES[name]} ({cfg.train.num_steps} steps) → "
                        f"{paths[name]}",
-              lambda cfg=cfg, name=name: stages.train_stage(cfg, paths[name], STAGE_TITLES[name],
-                                                            say, devices))
+              lambda cfg=cfg, name=name: train_stage(cfg, paths[name], STAGE_TITLES[name], say,
+                                                     devices))
     e = c.encode
     stage(3, "encode", f"encoding {e.num_examples} train examples per modality → {latents_dir}",
-          lambda: stages.encode_stage({"image": paths["vae_image"], "audio": paths["vae_audio"]},
-                                      latents_dir, num_examples=e.num_examples,
-                                      batch_size=e.batch_size, seed=c.seed, say=say))
+          lambda: encode_stage({MODALITY_NAMES[m]: paths[VAE_TASKS[m]] for m in LATENT_MODALITIES},
+                               latents_dir, num_examples=e.num_examples,
+                               batch_size=e.batch_size, seed=c.seed, say=say))
     lm = cfgs["lm"]
     stage(4, "lm", f"training the LatentLM ({lm.train.num_steps} steps, tasks "
                    f"{lm.data.task_weights or 'all'}) → {paths['lm']}",
@@ -210,13 +207,10 @@ def run_demo(c: mlc.ConfigDict, workdir: str, say: Callable[[str], None] = print
     stage(5, "generate", f"generating and scoring on the test split ({g.text_to_image} "
                          f"text→image, {g.image_to_text} image→text, {g.text_to_audio} "
                          f"text→audio, {g.audio_to_text} audio→text)",
-          lambda: stages.generate_stage(paths["lm"], gen_dir, results_path, g, c.seed, TARGETS,
-                                        say))
+          lambda: generate_stage(paths["lm"], gen_dir, results_path, g, c.seed, TARGETS, say))
 
     say(f"\n[{NUM_STAGES}/{NUM_STAGES}] writing the report → {report_dir}")
-    from latentlm_jax.demo.report import score_table_text, write_report
-
-    results, arrays = stages.load_results(results_path, gen_dir)
+    results, arrays = load_results(results_path, gen_dir)
     total = sum(times.get(n, 0.0) for n in ("vae_image", "vae_audio", "encode", "lm", "generate"))
     demo = build_results(results, arrays, cfgs, paths, times, reused, c)
     demo.total_seconds = total
@@ -224,9 +218,9 @@ def run_demo(c: mlc.ConfigDict, workdir: str, say: Callable[[str], None] = print
     report = write_report(demo, report_dir, max_audio_players=c.report.max_audio_players)
     table = score_table_text(demo)
     seconds = time.perf_counter() - t_run
-    say(f"[{NUM_STAGES}/{NUM_STAGES}] done in {_fmt(time.perf_counter() - t0)}")
+    say(f"[{NUM_STAGES}/{NUM_STAGES}] done in {format_duration(time.perf_counter() - t0)}")
     say(f"\nScores on the test split (LatentLM step {results['lm_step']}; stages took "
-        f"{_fmt(demo.total_seconds)} in all, this run {_fmt(seconds)}):\n")
+        f"{format_duration(demo.total_seconds)} in all, this run {format_duration(seconds)}):\n")
     say(table)
     say(f"\nReport: {os.path.abspath(report['html'])}  (and {os.path.abspath(report['markdown'])})")
     return DemoOutcome(reused, report, results["scores"], table, seconds)
@@ -234,25 +228,20 @@ def run_demo(c: mlc.ConfigDict, workdir: str, say: Callable[[str], None] = print
 
 def _lm_stage(cfg: mlc.ConfigDict, workdir: str, latents_dir: str, say, devices) -> bool:
     """Train the LatentLM, refusing to continue one that was trained on other latents."""
-    marker = stages.read_marker(latents_dir) or {}
+    marker = read_marker(latents_dir) or {}
     inputs = os.path.join(workdir, "latents_key.txt")
     if os.path.exists(inputs):
         with open(inputs, encoding="utf-8") as f:
             if f.read().strip() != marker.get("key"):
-                raise stages.StageError(
+                raise StageError(
                     f"{workdir} holds a LatentLM trained on other latents (the σ-VAEs or the "
                     f"encode settings changed); use a fresh --workdir, or delete {workdir}")
     else:
         os.makedirs(workdir, exist_ok=True)
         with open(inputs, "w", encoding="utf-8") as f:
             f.write(str(marker.get("key", "")))
-    return stages.train_stage(cfg, workdir, STAGE_TITLES["lm"], say, devices)
+    return train_stage(cfg, workdir, STAGE_TITLES["lm"], say, devices)
 
-
-def _fmt(seconds: float) -> str:
-    from latentlm_jax.train.metrics import format_duration
-
-    return format_duration(seconds)
 
 
 # ---------------------------------------------------------------------------------- report
@@ -265,16 +254,8 @@ def _attrs_text(attrs: dict[str, str] | None) -> str:
 def build_results(results: dict[str, Any], arrays: dict[str, Any],
                   cfgs: dict[str, mlc.ConfigDict], paths: dict[str, str],
                   times: dict[str, float], reused: dict[str, bool],
-                  c: mlc.ConfigDict) -> Any:
+                  c: mlc.ConfigDict) -> DemoResults:
     """results.json + samples.npz → the report's DemoResults."""
-    from latentlm_jax.demo.report import (
-        AudioSample,
-        CaptionSample,
-        DemoResults,
-        ImageSample,
-        StageSummary,
-    )
-
     samples = results["samples"]
     images = [ImageSample(r["prompt"], arrays["t2i_images"][i], r["correct"],
                           _attrs_text(r["predicted"]), r["held_out"])
@@ -282,15 +263,15 @@ def build_results(results: dict[str, Any], arrays: dict[str, Any],
     audio = [AudioSample(r["prompt"], arrays["t2a_waves"][i], r["correct"],
                          " ".join(r["predicted"]) or "silence")
              for i, r in enumerate(samples.get(T2A, []))]
-    captions = [CaptionSample("image", r["truth"], r["generated"], r["correct"],
+    captions = [CaptionSample(MODALITY_NAMES[IMAGE], r["truth"], r["generated"], r["correct"],
                               image=arrays["i2t_images"][i])
                 for i, r in enumerate(samples.get(I2T, []))]
-    captions += [CaptionSample("audio", r["truth"], r["generated"], r["correct"],
+    captions += [CaptionSample(MODALITY_NAMES[AUDIO], r["truth"], r["generated"], r["correct"],
                                wave=arrays["a2t_waves"][i])
                  for i, r in enumerate(samples.get(A2T, []))]
     stage_list = [StageSummary(STAGE_TITLES[n], os.path.join(paths[n], "metrics.jsonl"),
                                STAGE_CURVES[n], times.get(n, 0.0), reused.get(n, False))
-                  for n in ("vae_image", "vae_audio", "lm")]
+                  for n in TRAINING]
     return DemoResults(stages=stage_list, scores=results["scores"], targets=results["targets"],
                        images=images, audio=audio, captions=captions,
                        config_summary=config_summary(cfgs, c, results), fast=bool(c.fast))
@@ -298,8 +279,7 @@ def build_results(results: dict[str, Any], arrays: dict[str, Any],
 
 def config_summary(cfgs: dict[str, mlc.ConfigDict], c: mlc.ConfigDict,
                    results: dict[str, Any]) -> dict[str, str]:
-    from latentlm_jax.vae.config import audio_latent_shape, image_latent_shape
-
+    """The report's configuration table: what each stage was, in one line each."""
     vi, va, lm = cfgs["vae_image"], cfgs["vae_audio"], cfgs["lm"]
     h, w, di = image_latent_shape(vi.vae)
     frames, da = audio_latent_shape(va.vae)

@@ -11,6 +11,9 @@ import math
 import os
 
 import numpy as np
+from matplotlib import colormaps, ticker
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 Curve = tuple[np.ndarray, np.ndarray]  # (steps, values), sorted by step, finite values only
 
@@ -74,10 +77,6 @@ def plot_stage(title: str, metrics: dict[str, Curve], curves: list[str], out_pat
 
     Returns the path written, or ``None`` when none of the keys has data.
     """
-    from matplotlib import ticker
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     keys = [k for k in curves if k in metrics and metrics[k][0].size > 0]
     if not keys:
         return None
@@ -121,8 +120,6 @@ def spectrogram_rgb(wave: np.ndarray, sample_rate: int = 16000, max_hz: float = 
     Shows the notes of a clip at a glance next to its audio player; limited to ``max_hz`` because
     every pitch of the dataset (and its second harmonic) lies below about 1.1 kHz.
     """
-    from matplotlib import colormaps
-
     x = np.nan_to_num(np.asarray(wave, np.float64).reshape(-1))
     if x.size < frame:
         x = np.pad(x, (0, frame - x.size))

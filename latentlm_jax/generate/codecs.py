@@ -1,18 +1,34 @@
 """Between latent sequences and media: the σ-VAEs and latent statistics a LatentLM run was
-trained with (``config.data.{image,audio}_vae_workdir``, ``latent_stats_dir``)."""
+trained with (``config.data.{image,audio}_vae_workdir``, ``latent_stats_dir``).
+
+:class:`MediaCodec` has one batched path, ``encode_batch`` / ``reconstruct_batch`` /
+``decode_batch`` (σ-VAE calls jitted once, compiled once per batch shape), used by ``latentlm
+demo``; its single-example ``encode`` / ``decode`` (``latentlm generate``) go through it too.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
+from flax import nnx
 
 from latentlm_jax.config.loading import ConfigError
-from latentlm_jax.data.encode_latents import denormalise, encode_examples, load_stats, normalise
-from latentlm_jax.models.latentlm import IMAGE
+from latentlm_jax.data.encode_latents import (
+    denormalise,
+    load_stats,
+    model_input,
+    normalise,
+    to_sequence,
+)
+from latentlm_jax.modality import IMAGE, MODALITY_NAMES
+from latentlm_jax.train.checkpoint_io import load_model
+from latentlm_jax.vae.config import audio_latent_shape, image_latent_shape
 from latentlm_jax.vae.samples import to_uint8
 
 
@@ -25,16 +41,23 @@ def stats_dir(config: mlc.ConfigDict) -> str:
     raise ConfigError("data.latent_stats_dir", "unknown: set it (or data.latent_files)")
 
 
+@nnx.jit
+def _decode(vae, z: jax.Array) -> jax.Array:
+    return vae.decode(z)
+
+
+@nnx.jit
+def _mode(vae, x: jax.Array) -> jax.Array:
+    return vae.mode(x)
+
+
 class MediaCodec:
     """One modality's σ-VAE + latent normalisation: media ↔ normalised latent sequences."""
 
     def __init__(self, config: mlc.ConfigDict, modality: int):
-        from latentlm_jax.train.checkpoint_io import load_model
-
         self.modality = modality
-        self.name = "image" if modality == IMAGE else "audio"
-        workdir = config.data.image_vae_workdir if modality == IMAGE else \
-            config.data.audio_vae_workdir
+        self.name = MODALITY_NAMES[modality]
+        workdir = config.data[f"{self.name}_vae_workdir"]
         if not workdir:
             raise ConfigError(f"data.{self.name}_vae_workdir",
                               f"this run does not say which σ-VAE made its {self.name} latents")
@@ -42,26 +65,70 @@ class MediaCodec:
         self.stats = load_stats(stats_dir(config), self.name)
 
     def grid(self) -> tuple[int, ...]:
-        from latentlm_jax.vae.config import audio_latent_shape, image_latent_shape
-
+        """The latent grid of one example: (h, w, D) for images, (frames, D) for audio."""
         v = self.vae_config.vae
         return image_latent_shape(v) if self.modality == IMAGE else audio_latent_shape(v)
 
-    def encode(self, media: np.ndarray) -> np.ndarray:
-        """A batch of images (uint8) or waves → normalised latent sequences [B, N, D] (μ)."""
-        import jax
+    # -- batched path --------------------------------------------------------------------------
+    def encode_batch(self, media: np.ndarray) -> np.ndarray:
+        """A batch of images (uint8 [B, H, W, 3]) or waves (float32 [B, T]) → normalised latent
+        sequences [B, N, D] of the σ-VAE's μ (images in raster order)."""
+        return self._normalised(self._mu(media))
 
-        z = encode_examples(self.vae, self.name, media, jax.random.key(0), noisy=False)
-        return normalise(z, self.stats)
+    def reconstruct_batch(self, media: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(``encode_batch(media)``, the σ-VAE's reconstructions decode(μ): uint8 images
+        [B, H, W, 3] or float32 waves [B, T] in [-1, 1])."""
+        mu = self._mu(media)
+        return self._normalised(mu), self._as_media(np.asarray(_decode(self.vae, jnp.asarray(mu))))
+
+    def decode_batch(self, latents: Sequence[np.ndarray] | np.ndarray,
+                     num_samples: int | None = None) -> np.ndarray:
+        """Normalised latent sequences → media.
+
+        Images: every sequence holds h·w latents (raster order) → uint8 images [B, H, W, 3].
+        Audio: sequences of any length ≥ 1, decoded in one call per distinct length → float32
+        waves [B, num_samples] in [-1, 1], each cut or zero-padded to ``num_samples`` (default:
+        the longest decoded clip).
+        """
+        if self.modality == IMAGE:
+            h, w, d = self.grid()
+            for z in latents:
+                if len(z) != h * w:
+                    raise ValueError(f"an image needs {h * w} latents, got {len(z)}")
+            z = denormalise(np.stack(latents), self.stats).reshape(-1, h, w, d)
+            return self._as_media(np.asarray(_decode(self.vae, jnp.asarray(z))))
+        groups = []
+        for n in sorted({len(z) for z in latents}):
+            idx = [i for i, z in enumerate(latents) if len(z) == n]
+            z = denormalise(np.stack([latents[i] for i in idx]), self.stats)
+            groups.append((idx, np.asarray(_decode(self.vae, jnp.asarray(z)), np.float32)))
+        length = max(w.shape[1] for _, w in groups) if num_samples is None else num_samples
+        out = np.zeros((len(latents), length), np.float32)
+        for idx, wave in groups:
+            wave = wave[:, :length]
+            out[idx, :wave.shape[1]] = wave
+        return self._as_media(out)
+
+    # -- one example at a time (``latentlm generate``) -----------------------------------------
+    def encode(self, media: np.ndarray) -> np.ndarray:
+        """A batch of images (uint8) or waves → normalised latent sequences [B, N, D] (μ); the
+        same as :meth:`encode_batch`."""
+        return self.encode_batch(media)
 
     def decode(self, latents: np.ndarray) -> Any:
         """Normalised latents [N, D] → uint8 image [H, W, 3] or float32 wave [T]."""
-        z = denormalise(np.asarray(latents), self.stats)
+        return self.decode_batch([np.asarray(latents)])[0]
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _mu(self, media: np.ndarray) -> np.ndarray:
+        """The σ-VAE's μ on its latent grid, [B, *grid], unnormalised."""
+        return np.asarray(_mode(self.vae, model_input(self.name, media)))
+
+    def _normalised(self, mu: np.ndarray) -> np.ndarray:
+        return normalise(to_sequence(mu), self.stats)
+
+    def _as_media(self, x: np.ndarray) -> np.ndarray:
+        """σ-VAE decoder output → uint8 images, or float32 waves clipped to [-1, 1] (NaN → 0)."""
         if self.modality == IMAGE:
-            h, w, d = self.grid()
-            if len(z) != h * w:
-                raise ValueError(f"an image needs {h * w} latents, got {len(z)}")
-            x = np.asarray(self.vae.decode(jnp.asarray(z.reshape(1, h, w, d))))[0]
             return to_uint8(x)
-        wave = np.asarray(self.vae.decode(jnp.asarray(z[None])))[0]
-        return np.clip(wave, -1.0, 1.0).astype(np.float32)
+        return np.clip(np.nan_to_num(np.asarray(x, np.float32)), -1.0, 1.0)
