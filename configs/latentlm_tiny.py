@@ -8,12 +8,18 @@ own workdir), or by hand once ``make demo`` has made the σ-VAEs and latents in 
         --modality image --num-samples 4 --out samples/
 
 The latent dims must be those of the σ-VAEs (configs/vae_image_tiny.py: 8, vae_audio_tiny.py: 16).
+
+On your own latents (a folder ``latentlm encode --out DIR`` wrote), pass the folder as the config's
+argument: dims, shards, statistics and σ-VAEs then come from ``DIR/latents.json``
+(``data.latents_dir``; README "Train on your own data"):
+
+    latentlm train --config configs/latentlm_tiny.py:runs/mine/latents --workdir runs/mine/lm
 """
 
 from latentlm_jax.config.base import base_config
 
 
-def get_config():
+def get_config(latents_dir: str = ""):
     c = base_config()
     c.name = "latentlm_tiny"
     c.task = "lm"
@@ -47,6 +53,11 @@ def get_config():
     d.latent_stats_dir = "runs/demo/latents"
     d.image_vae_workdir = "runs/demo/vae_image"
     d.audio_vae_workdir = "runs/demo/vae_audio"
+    if latents_dir:  # everything the demo's paths and dims said comes from the folder instead
+        d.latents_dir = latents_dir
+        d.latent_files, d.latent_stats_dir = (), ""
+        d.image_vae_workdir = d.audio_vae_workdir = ""
+        m.image_latent_dim = m.audio_latent_dim = 0
     d.seq_len = 128
     # One record is one image or one clip: image records draw among the image tasks, audio records
     # among the audio ones. No text-only documents: every caption is seen next to its media.

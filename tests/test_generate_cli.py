@@ -1,16 +1,17 @@
 """``latentlm generate``: every bad request gets one clear line and exit status 2."""
 
-import os
 import subprocess
-import sys
 
 import pytest
 
+from tests.helpers import latentlm_command, one_device_env
+
+pytestmark = pytest.mark.slow  # each test runs the CLI in a subprocess
+
 
 def run_cli(*args):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    return subprocess.run([sys.executable, "-m", "latentlm_jax.cli.main", "generate", *args],
-                          capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(latentlm_command("generate", *args), capture_output=True, text=True,
+                          env=one_device_env(), timeout=120)
 
 
 @pytest.mark.parametrize("args,fragment", [

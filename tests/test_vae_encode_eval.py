@@ -13,7 +13,6 @@ import pytest
 from flax import nnx
 
 from latentlm_jax.cli.main import main
-from latentlm_jax.config.loading import load_config_file
 from latentlm_jax.data.array_record_source import LatentArrayRecordSource
 from latentlm_jax.data.encode_latents import (
     denormalise,
@@ -25,35 +24,15 @@ from latentlm_jax.data.shapes_tones import ShapesTones
 from latentlm_jax.train.checkpoint_io import save_run_config
 from latentlm_jax.train.trainer import train
 from latentlm_jax.vae.image import ImageVAE
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_run_config(task: str = "vae_image", **mesh):
-    c = load_config_file(os.path.join(ROOT, "configs", f"{task}_tiny.py"))
-    c.vae.image.channels, c.vae.image.channel_mult = 8, (1, 2)
-    c.vae.audio.channels, c.vae.audio.channel_mult = 8, (1, 2)
-    c.vae.eval_examples = 8
-    c.train.global_batch_size, c.train.num_steps, c.train.warmup_steps = 8, 6, 1
-    c.train.log_every, c.train.eval_every, c.checkpoint.every_steps = 1, 0, 6
-    c.metrics.peak_tflops_per_device = 1.0  # skip calibration in tests
-    c.mesh.ici.data, c.mesh.ici.fsdp, c.mesh.ici.tensor = 1, 1, 1
-    for k, v in mesh.items():
-        c.mesh.ici[k] = v
-    return c
+from tests.helpers import LM_TINY, losses, tiny_vae_run_config
 
 
-def losses(workdir) -> dict[int, float]:
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
-
-
+@pytest.mark.slow
 @pytest.mark.multidevice
 @pytest.mark.parametrize("task", ["vae_image", "vae_audio"])
 def test_same_losses_on_one_and_eight_devices(tmp_path, task):
     """The batch split over data=4 × fsdp=2 (parameters sharded too) computes the same steps."""
-    one, eight = tiny_run_config(task), tiny_run_config(task, data=4, fsdp=2)
+    one, eight = tiny_vae_run_config(task), tiny_vae_run_config(task, data=4, fsdp=2)
     train(one, str(tmp_path / "one"), devices=jax.devices()[:1])
     train(eight, str(tmp_path / "eight"))
     a, b = losses(tmp_path / "one"), losses(tmp_path / "eight")
@@ -64,10 +43,11 @@ def test_same_losses_on_one_and_eight_devices(tmp_path, task):
 
 
 def _tiny_image_vae():
-    c = tiny_run_config()
+    c = tiny_vae_run_config()
     return ImageVAE(c.vae, rngs=nnx.Rngs(0)), c
 
 
+@pytest.mark.slow
 def test_encode_dataset_round_trip_and_statistics(tmp_path):
     model, c = _tiny_image_vae()
     ds = ShapesTones(split="train", seed=0)
@@ -96,6 +76,7 @@ def test_encode_dataset_round_trip_and_statistics(tmp_path):
     assert np.abs(expected - mu).mean() > 0.1
 
 
+@pytest.mark.slow
 def test_each_process_writes_its_own_shard(tmp_path):
     model, _ = _tiny_image_vae()
     ds = ShapesTones(split="train", seed=0)
@@ -112,7 +93,7 @@ def test_each_process_writes_its_own_shard(tmp_path):
 
 @pytest.mark.slow
 def test_encode_and_eval_commands_on_a_trained_run(tmp_path, capsys):
-    c = tiny_run_config()
+    c = tiny_vae_run_config()
     run = str(tmp_path / "vae")
     save_run_config(c, run)  # as `latentlm train` does
     train(c, run, devices=jax.devices()[:1])
@@ -136,17 +117,16 @@ def test_encode_and_eval_commands_on_a_trained_run(tmp_path, capsys):
     lines += [json.dumps({"text": "only text"}), json.dumps({"image": "nope.png", "text": "x"})]
     (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
     mine = str(tmp_path / "mine")
-    assert main(["encode", "--vae-workdir", run, "--config", os.path.join(ROOT, "configs",
-                                                                          "lm_tiny.py"),
+    assert main(["encode", "--vae-workdir", run, "--config", LM_TINY,
                  "--config.data.source=manifest", f"--config.data.manifest={tmp_path}/m.jsonl",
                  "--out", mine]) == 0
     printed = capsys.readouterr().out
     assert "wrote 3 image latent sequences" in printed
-    assert "skipped 1 (missing_keys), 1 (missing_file)" in printed
+    assert "not encoded: 1 example without image" in printed  # the text-only line
+    assert "skipped 1 (missing_file)" in printed
     src = LatentArrayRecordSource(os.path.join(mine, "latents-image-00000-of-00001.array_record"))
     assert [src[i]["caption"] for i in range(3)] == ["caption 0", "caption 1", "caption 2"]
-    assert main(["encode", "--vae-workdir", run, "--config", os.path.join(ROOT, "configs",
-                                                                          "lm_tiny.py"), "--out",
+    assert main(["encode", "--vae-workdir", run, "--config", LM_TINY, "--out",
                  str(tmp_path / "bad")]) == 2
     assert "`latentlm encode` reads media" in capsys.readouterr().err
 

@@ -15,7 +15,6 @@ import soundfile
 from flax import nnx
 from PIL import Image
 
-from latentlm_jax.config.base import base_config
 from latentlm_jax.train.state import abstract_model
 from latentlm_jax.vae.audio import audio_forward_flops
 from latentlm_jax.vae.data import ExampleIterator
@@ -27,24 +26,7 @@ from latentlm_jax.vae.diagnostics import (
 from latentlm_jax.vae.image import image_forward_flops
 from latentlm_jax.vae.samples import from_uint8, psnr, to_uint8
 from latentlm_jax.vae.task import AudioVAETask, ImageVAETask, load_test_examples, reconstruct
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(task: str = "vae_image", **vae):
-    c = base_config()
-    c.task = task
-    c.vae.image.channels, c.vae.image.channel_mult = 8, (1, 2)
-    c.vae.audio.channels, c.vae.audio.channel_mult = 4, (1, 2)
-    c.vae.eval_examples = 8
-    c.train.global_batch_size = 4
-    for key, value in vae.items():
-        node = c.vae
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return c
+from tests.helpers import tiny_vae_config, tiny_vae_run_config
 
 
 def test_iterator_shards_by_process_and_resumes():
@@ -56,7 +38,7 @@ def test_iterator_shards_by_process_and_resumes():
     assert [int(v) for v in first[1]["image"][:, 0, 0, 0]] == [1, 3, 5, 7]
     second = next(its[0])
     assert (second["step"] == 1).all() and (first[0]["step"] == 0).all()
-    assert its[0].get_state() == {"next_index": 16}
+    assert its[0].get_state() == {"next_index": 16, "batches": 2}
 
     resumed = ExampleIterator(data, "image", 8, 0, 2)
     resumed.set_state(json.loads(json.dumps({"next_index": 8})))  # as the checkpoint stores it
@@ -67,10 +49,11 @@ def test_iterator_shards_by_process_and_resumes():
 
 @pytest.mark.parametrize("task_cls,name,keys", [
     (ImageVAETask, "vae_image", {"recon", "kl_or_mu", "total"}),
-    (AudioVAETask, "vae_audio", {"recon", "kl_or_mu", "stft", "total"}),
+    pytest.param(AudioVAETask, "vae_audio", {"recon", "kl_or_mu", "stft", "total"},
+                 marks=pytest.mark.slow),
 ])
 def test_task_protocol(task_cls, name, keys):
-    c = tiny_config(name)
+    c = tiny_vae_config(name)
     task = task_cls()
     graphdef, params, specs = abstract_model(task, c)  # the trainer's check: Params only
     assert jax.tree.leaves(specs)
@@ -89,7 +72,7 @@ def test_task_protocol(task_cls, name, keys):
 
 
 def test_adversarial_switch_starts_at_its_step():
-    c = tiny_config(**{"loss.adversarial": True, "loss.adv_start_step": 5})
+    c = tiny_vae_config(**{"loss.adversarial": True, "loss.adv_start_step": 5})
     task = ImageVAETask()
     model = task.build_model(c, nnx.Rngs(0))
     batch = {k: jnp.asarray(v) for k, v in next(task.train_iterator(c, 0, 1)).items()}
@@ -128,21 +111,23 @@ def _train(task, c, steps, lr, metric="recon"):
     return start, float(recon(params))
 
 
+@pytest.mark.slow
 def test_short_training_lowers_reconstruction_loss():
-    c = tiny_config(**{"loss.recon": "l2"})
+    c = tiny_vae_config(**{"loss.recon": "l2"})
     c.train.global_batch_size = 16
     start, end = _train(ImageVAETask(), c, 40, 3e-3)
     assert end < 0.6 * start, (start, end)
 
 
+@pytest.mark.slow
 def test_short_audio_training_lowers_stft_loss():
-    c = tiny_config("vae_audio", **{"loss.recon_weight": 0.0})  # as configs/vae_audio_tiny.py
+    c = tiny_vae_config("vae_audio", **{"loss.recon_weight": 0.0})  # as configs/vae_audio_tiny.py
     start, end = _train(AudioVAETask(), c, 30, 3e-3, metric="stft")
     assert end < 0.8 * start, (start, end)
 
 
 def test_evaluate_writes_samples(tmp_path):
-    c = tiny_config()
+    c = tiny_vae_config()
     task = ImageVAETask()
     model = task.build_model(c, nnx.Rngs(0))
     out = task.evaluate(model, c, str(tmp_path), 7)
@@ -152,7 +137,7 @@ def test_evaluate_writes_samples(tmp_path):
     ref = psnr(images, to_uint8(reconstruct(model, from_uint8(images))))
     assert out["psnr"] == pytest.approx(ref) and 0.0 <= out["recon_correct"] <= 1.0
 
-    c = tiny_config("vae_audio")
+    c = tiny_vae_config("vae_audio")
     task = AudioVAETask()
     out = task.evaluate(task.build_model(c, nnx.Rngs(0)), c, str(tmp_path), 3)
     for i in range(4):
@@ -163,7 +148,7 @@ def test_evaluate_writes_samples(tmp_path):
 
 
 def test_diagnostics_table():
-    c = tiny_config(**{"image.latent_dim": 4})
+    c = tiny_vae_config(**{"image.latent_dim": 4})
     model = ImageVAETask().build_model(c, nnx.Rngs(0))
     examples = load_test_examples(c, 64)
     r = image_diagnostics(model, examples, jax.random.key(0))
@@ -178,16 +163,12 @@ def test_diagnostics_table():
     assert "sigma (sigma)" in text and len(text.splitlines()) == 2 + len(NOISE_SCALES)
 
 
+@pytest.mark.slow
 def test_generic_trainer_runs_the_image_vae(tmp_path):
-    from latentlm_jax.config.loading import load_config_file
     from latentlm_jax.train.trainer import train
 
-    c = load_config_file(os.path.join(ROOT, "configs", "vae_image_tiny.py"))
-    c.vae.image.channels, c.vae.image.channel_mult = 8, (1, 2)
-    c.vae.eval_examples = 8
-    c.train.global_batch_size, c.train.num_steps, c.train.warmup_steps = 8, 4, 1
-    c.train.log_every, c.train.eval_every, c.checkpoint.every_steps = 2, 4, 4
-    c.metrics.peak_tflops_per_device = 1.0
+    c = tiny_vae_run_config("vae_image")
+    c.train.num_steps, c.train.log_every, c.train.eval_every, c.checkpoint.every_steps = 4, 2, 4, 4
     last = train(c, str(tmp_path), devices=jax.devices()[:1])
     assert {"recon", "kl_or_mu", "total", "examples_per_sec"} <= set(last)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]

@@ -14,32 +14,48 @@ import jax
 import ml_collections as mlc
 import numpy as np
 
+from latentlm_jax.data.bad_input import (
+    BadInputPolicy,
+    SkippingSource,
+    SkipTotals,
+    pop_skip_counts,
+)
 
-def raw_source_rate(config: mlc.ConfigDict, n: int = 1000, seed: int = 0) -> float:
-    """Examples/s of random-access reads from the configured source."""
+
+def raw_source_rate(config: mlc.ConfigDict, n: int = 1000, seed: int = 0,
+                    skipped: SkipTotals | None = None) -> float:
+    """Examples/s of random-access reads from the configured source; bad examples follow
+    ``data.bad_input`` (counted into ``skipped``, or a :class:`DataError`)."""
     from latentlm_jax.data.pipeline import make_source
 
-    source = make_source(config)
+    policy = BadInputPolicy(config.data.bad_input)
+    source = SkippingSource(make_source(config), policy)
     idx = np.random.default_rng(seed).integers(0, len(source), size=n)
     source[int(idx[0])]
     t0 = time.perf_counter()
     for i in idx:
         source[int(i)]
-    return n / (time.perf_counter() - t0)
+    rate = n / (time.perf_counter() - t0)
+    if skipped is not None:
+        skipped.add(policy.counts())
+    return rate
 
 
 def pipeline_rate(config: mlc.ConfigDict, num_batches: int = 50, warmup: int = 3,
-                  **encoders) -> dict[str, float]:
-    """Documents/s, tokens/s (non-padding positions) and batches/s of the full pipeline."""
+                  skipped: SkipTotals | None = None, **encoders) -> dict[str, float]:
+    """Documents/s, tokens/s (non-padding positions) and batches/s of the full pipeline; the
+    bad examples it skipped are added to ``skipped``."""
     from latentlm_jax.data.pipeline import build_train_iterator
 
+    skipped = SkipTotals() if skipped is None else skipped
     it = build_train_iterator(config, process_index=0, process_count=1, **encoders)
     for _ in range(warmup):
-        next(it)
+        skipped.add(pop_skip_counts(next(it)))
     docs = tokens = 0
     t0 = time.perf_counter()
     for _ in range(num_batches):
         batch = next(it)
+        skipped.add(pop_skip_counts(batch))
         seg = batch["segment_ids"]
         tokens += int((seg > 0).sum())
         docs += int(seg.max(axis=1).sum())

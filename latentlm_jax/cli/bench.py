@@ -65,7 +65,9 @@ def _bench_data(config, args: argparse.Namespace) -> int:
     import ml_collections as mlc
 
     from latentlm_jax.bench import data as bench
+    from latentlm_jax.data.bad_input import SkipTotals, print_skip_summary
 
+    skipped = SkipTotals()  # bad examples, by data.bad_input
     sources = [s for s in args.sources.split(",") if s] or [config.data.source]
     print(f"data pipeline: seq_len={config.data.seq_len} "
           f"batch={config.train.global_batch_size} workers={config.data.num_workers}")
@@ -74,8 +76,8 @@ def _bench_data(config, args: argparse.Namespace) -> int:
     for name in sources:
         c = mlc.ConfigDict(config.to_dict())
         c.data.source = name
-        raw = bench.raw_source_rate(c)
-        pipe = bench.pipeline_rate(c, num_batches=args.batches)
+        raw = bench.raw_source_rate(c, skipped=skipped)
+        pipe = bench.pipeline_rate(c, num_batches=args.batches, skipped=skipped)
         rates[name] = pipe["tokens_per_sec"]
         print(f"{name:<24}{raw:>16,.0f}{pipe['documents_per_sec']:>14,.0f}"
               f"{pipe['tokens_per_sec']:>14,.0f}")
@@ -85,6 +87,7 @@ def _bench_data(config, args: argparse.Namespace) -> int:
               f"({config.model.num_layers} layers × {config.model.emb_dim})")
         for name, rate in rates.items():
             print(f"  {name}: pipeline / step = {rate / step:.1f}×")
+    print_skip_summary(skipped.as_metrics())
     return 0
 
 

@@ -2,27 +2,41 @@
 
     latentlm generate --workdir W --prompt "a large red circle in the top left" \
         --modality image --num-samples 4 --out samples/
+    latentlm generate --workdir W --prompts-file prompts.jsonl --out samples/   # in bulk, batched
     latentlm generate --workdir W --image photo.png --modality text
+
+Text → media writes ``<prompt index>_<sample>.png|wav`` and ``manifest.jsonl`` (one line per file
+with its prompt and settings; :mod:`latentlm_jax.generate.bulk`). Prompts files:
+:mod:`latentlm_jax.generate.prompts`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import time
 
 from latentlm_jax.cli.common import quiet_logs
 from latentlm_jax.config.loading import ConfigError
+from latentlm_jax.generate.prompts import PromptRequest, read_prompts, single_prompt
 
 OUTPUTS = ("image", "audio", "text")  # the latent modalities' names, and text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", required=True, help="workdir of a trained LatentLM run")
-    parser.add_argument("--modality", required=True, help="what to generate: image | audio | text")
+    parser.add_argument("--modality", default=None,
+                        help="what to generate: image | audio | text (with --prompts-file: the "
+                             "default for lines that name none)")
     parser.add_argument("--prompt", help="caption to generate an image or audio for")
+    parser.add_argument("--prompts-file",
+                        help="many prompts: one per line, or JSONL (*.jsonl) with prompt, "
+                             "modality, count, seed per line")
     parser.add_argument("--image", help="image file to caption (with --modality text)")
     parser.add_argument("--audio", help="audio file to transcribe (with --modality text)")
-    parser.add_argument("--num-samples", type=int, default=1)
+    parser.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="samples generated together (default 16)")
     parser.add_argument("--out", default="", help="output directory for PNG / WAV files")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sampler", default="dpm++2m", help="ddpm | ddim | dpm++2m")
@@ -35,41 +49,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-ema", action="store_true", help="use raw weights, not the EMA")
 
 
-def check_request(args: argparse.Namespace) -> None:
-    """Every bad request ends here with one clear message."""
-    if args.modality not in OUTPUTS:
+def check_request(args: argparse.Namespace) -> list[PromptRequest]:
+    """Every bad request ends here with one clear message; returns the text → media requests
+    (none for captioning)."""
+    if args.modality is not None and args.modality not in OUTPUTS:
         raise ConfigError("", f"--modality must be one of {', '.join(OUTPUTS)}; "
                               f"got {args.modality!r}")
-    if args.num_samples < 1:
-        raise ConfigError("", f"--num-samples must be ≥ 1, got {args.num_samples}")
-    if args.modality in ("image", "audio"):
-        if args.prompt is None or not args.prompt.strip():
-            raise ConfigError("", f"--modality {args.modality} needs a non-empty --prompt")
-        if args.image or args.audio:
-            raise ConfigError("", "--image / --audio are inputs for --modality text")
-        if not args.out:
-            raise ConfigError("", "--out DIR is required to write generated files")
-    else:
+    if args.num_samples < 1 or args.batch_size < 1:
+        raise ConfigError("", f"--num-samples and --batch-size must be ≥ 1, got "
+                              f"{args.num_samples} and {args.batch_size}")
+    if not 0 < args.top_p <= 1 or args.top_k < 0 or args.steps < 1:
+        raise ConfigError("", "need 0 < --top-p ≤ 1, --top-k ≥ 0 and --steps ≥ 1")
+    if args.seed < 0:
+        raise ConfigError("", f"--seed must be ≥ 0, got {args.seed}")
+    if args.modality == "text":
+        if args.prompt is not None or args.prompts_file:
+            raise ConfigError("", "--prompt / --prompts-file make images or audio; --modality "
+                                  "text captions --image PATH or --audio PATH")
         if bool(args.image) == bool(args.audio):
             raise ConfigError("", "--modality text needs exactly one of --image PATH or "
                                   "--audio PATH")
         path = args.image or args.audio
         if not os.path.isfile(path):
             raise ConfigError("", f"input file not found: {path}")
-    if not 0 < args.top_p <= 1 or args.top_k < 0 or args.steps < 1:
-        raise ConfigError("", "need 0 < --top-p ≤ 1, --top-k ≥ 0 and --steps ≥ 1")
+        return []
+    if args.image or args.audio:
+        raise ConfigError("", "--image / --audio are inputs for --modality text")
+    if args.prompts_file and args.prompt is not None:
+        raise ConfigError("", "give --prompt or --prompts-file, not both")
+    if args.prompts_file:
+        requests = read_prompts(args.prompts_file, modality=args.modality,
+                                count=args.num_samples, seed=args.seed)
+    elif args.modality is None:
+        raise ConfigError("", "--modality image|audio|text is required (or a --prompts-file)")
+    elif args.prompt is None or not args.prompt.strip():
+        raise ConfigError("", f"--modality {args.modality} needs a non-empty --prompt (or "
+                              "--prompts-file F)")
+    else:
+        requests = [single_prompt(args.prompt, modality=args.modality, count=args.num_samples,
+                                  seed=args.seed)]
+    if not args.out:
+        raise ConfigError("", "--out DIR is required to write generated files")
+    return requests
 
 
 def run(args: argparse.Namespace) -> int:
-    check_request(args)
+    requests = check_request(args)
     quiet_logs()
     import jax
-    import numpy as np
 
     from latentlm_jax.data.tokenizer import make_tokenizer
-    from latentlm_jax.generate.codecs import MediaCodec
-    from latentlm_jax.generate.generator import Generator, SamplingOptions
-    from latentlm_jax.modality import AUDIO, IMAGE, MODALITY_IDS
+    from latentlm_jax.generate.generator import SamplingOptions
     from latentlm_jax.train.checkpoint_io import load_model
 
     model, config, step = load_model(args.workdir, use_ema=not args.no_ema)
@@ -80,35 +110,86 @@ def run(args: argparse.Namespace) -> int:
     opts = SamplingOptions(method=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
                            temperature=args.temperature, text_temperature=args.text_temperature,
                            top_k=args.top_k, top_p=args.top_p)
-    key = jax.random.key(args.seed)
+    if requests:
+        return _text_to_media(args, requests, model, config, step, tok, opts)
+    return _caption(args, model, config, tok, opts, jax.random.key(args.seed))
 
-    if args.modality in ("image", "audio"):
-        modality = MODALITY_IDS[args.modality]
-        codec = MediaCodec(config, modality)
-        n_img = int(np.prod(codec.grid()[:-1])) if modality == IMAGE else 0
-        budget = config.data.seq_len - n_img - 4
-        if len(tok.encode(args.prompt)) > budget:
-            raise ConfigError("", f"--prompt is {len(tok.encode(args.prompt))} tokens; at most "
-                                  f"{budget} fit in this model's sequence of {config.data.seq_len}")
-        gen = Generator(model, config.model, tok, image_latents=n_img)
-        latents = gen.text_to_latents([args.prompt] * args.num_samples, modality, key, opts)
-        os.makedirs(args.out, exist_ok=True)
-        for i, z in enumerate(latents):
-            media = codec.decode(z)
-            path = os.path.join(args.out, f"sample_{i:03d}.{'png' if modality == IMAGE else 'wav'}")
-            _save(path, media, config.data.sample_rate)
-            print(path)
-        return 0
+
+def _text_to_media(args, requests: list[PromptRequest], model, config, step: int, tok,
+                   opts) -> int:
+    import dataclasses
+
+    import numpy as np
+
+    from latentlm_jax.generate.bulk import MANIFEST, run_batches, save_medium
+    from latentlm_jax.generate.codecs import MediaCodec
+    from latentlm_jax.generate.generator import Generator
+    from latentlm_jax.modality import IMAGE, MODALITY_IDS, MODALITY_NAMES, latent_dims
+    from latentlm_jax.train.metrics import format_duration
+
+    enabled = {MODALITY_IDS[r.modality] for r in requests}
+    missing = ", ".join(MODALITY_NAMES[m] for m in sorted(enabled - set(latent_dims(config.model))))
+    if missing:
+        raise ConfigError("", f"{args.workdir} holds a LatentLM without {missing} latents; it "
+                              f"cannot generate {missing}")
+    codecs = {m: MediaCodec(config, m) for m in sorted(enabled)}
+    spans = {m: int(np.prod(c.grid()[:-1])) for m, c in codecs.items()}  # latents per span
+    for r in requests:
+        budget = config.data.seq_len - spans[MODALITY_IDS[r.modality]] - 4
+        n = len(tok.encode(r.prompt))
+        if n > budget:
+            where = f"{args.prompts_file} line {r.line}" if r.line else "--prompt"
+            raise ConfigError("", f"{where}: the prompt is {n} tokens; at most {budget} fit "
+                                  f"before a {r.modality} in this model's sequence of "
+                                  f"{config.data.seq_len}")
+    image_latents = spans.get(IMAGE, 0)
+    gen = Generator(model, config.model, tok, image_latents=image_latents)
+    per_modality = {m: dataclasses.replace(opts, max_audio_latents=spans[m]) for m in codecs}
+    clip = {m: c.vae_config.vae.audio.num_samples for m, c in codecs.items() if m != IMAGE}
+
+    def generate(batch):
+        m = MODALITY_IDS[batch.modality]
+        latents = gen.text_to_latents(batch.prompts(), m, batch.key(), per_modality[m])
+        media = codecs[m].decode_batch(latents, **({"num_samples": clip[m]} if m in clip
+                                                    else {}))
+        return [(x, {"latents": len(z)}) for x, z in zip(media, latents, strict=True)]
+
+    def save(path: str, modality: str, medium) -> None:
+        rate = codecs[MODALITY_IDS[modality]].vae_config.vae.audio.sample_rate
+        save_medium(path, modality, medium, rate)
+
+    settings = {"workdir": os.path.abspath(args.workdir), "step": step,
+                "weights": "raw" if args.no_ema else "ema", "sampler": opts.method,
+                "steps": opts.steps, "cfg_scale": opts.cfg_scale,
+                "temperature": opts.temperature}
+    total = sum(r.count for r in requests)
+    t0 = time.perf_counter()
+
+    def progress(done: int, batches: int, files: int) -> None:
+        s = time.perf_counter() - t0
+        eta = s / files * (total - files)
+        print(f"\rgenerated {files}/{total} (batch {done}/{batches}, ETA "
+              f"{format_duration(eta)})", end="" if done < batches else "\n", flush=True)
+
+    lines = run_batches(requests, args.batch_size, args.out, generate, save, settings, progress)
+    print(f"wrote {len(lines)} files for {len(requests)} prompts to {args.out}; list: "
+          f"{os.path.join(args.out, MANIFEST)}")
+    return 0
+
+
+def _caption(args, model, config, tok, opts, key) -> int:
+    from latentlm_jax.data.bad_input import BadInput
+    from latentlm_jax.data.media import load_audio, load_image
+    from latentlm_jax.generate.codecs import MediaCodec
+    from latentlm_jax.generate.generator import Generator
+    from latentlm_jax.modality import AUDIO, IMAGE
 
     modality = IMAGE if args.image else AUDIO
     codec = MediaCodec(config, modality)
-    from latentlm_jax.data.bad_input import BadInput
-    from latentlm_jax.data.media import load_audio, load_image
-
-    d = config.data
+    v = codec.vae_config.vae  # load the input as the σ-VAE takes it
     try:
-        media = (load_image(args.image, d.image_resolution) if args.image
-                 else load_audio(args.audio, d.sample_rate, d.audio_samples))
+        media = (load_image(args.image, v.image.resolution) if args.image
+                 else load_audio(args.audio, v.audio.sample_rate, v.audio.num_samples))
     except BadInput as e:
         raise ConfigError("", f"cannot read {args.image or args.audio}: {e}") from e
     z = codec.encode(media[None])[0]
@@ -117,14 +198,3 @@ def run(args: argparse.Namespace) -> int:
     for text in texts:
         print(text)
     return 0
-
-
-def _save(path: str, media, sample_rate: int) -> None:
-    if path.endswith(".png"):
-        from PIL import Image
-
-        Image.fromarray(media).save(path)
-    else:
-        import soundfile
-
-        soundfile.write(path, media, sample_rate, subtype="PCM_16")

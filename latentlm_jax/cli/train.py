@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+import ml_collections as mlc
+
 from latentlm_jax.cli.common import add_config_argument, load_config, quiet_logs
+from latentlm_jax.config.validate import validate
+from latentlm_jax.modality import LATENT_DIM_FIELDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,10 +18,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "samples/; re-running with the same workdir resumes")
 
 
-def check_input_files(config) -> None:
-    """Pre-encoded latents must exist before a workdir is made or anything compiles."""
+def check_input_files(config: mlc.ConfigDict, workdir: str = "") -> None:
+    """Input files (a manifest, pre-encoded latents) must exist, and the workdir must be usable,
+    before a workdir is made or anything compiles."""
+    import os
+
     from latentlm_jax.config.loading import ConfigError
 
+    if workdir and os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError("", f"--workdir {workdir} is a file, not a directory")
+    if config.data.source == "manifest":
+        path = os.path.expanduser(config.data.manifest)
+        if not os.path.isfile(path):
+            raise ConfigError("data.manifest", f"no such file: {os.path.abspath(path)}")
+    if config.data.source == "tfds":  # opening it reads only its metadata
+        from latentlm_jax.data.pipeline import make_source
+        from latentlm_jax.modality import MODALITY_NAMES, VAE_TASKS
+
+        only = {t: MODALITY_NAMES[m] for m, t in VAE_TASKS.items()}.get(config.task)
+        make_source(config, only=only)
     if config.task == "lm" and config.data.source == "latents":
         from latentlm_jax.data.array_record_source import expand_paths
 
@@ -31,7 +50,13 @@ def check_input_files(config) -> None:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args)
     quiet_logs()
-    check_input_files(config)
+    from latentlm_jax.data.latents_dir import resolve_latents_dir
+
+    if resolve_latents_dir(config):  # dims, shards, stats and σ-VAEs from the encoded folder
+        validate(config)
+        print(f"data.latents_dir={config.data.latents_dir}: "
+              + ", ".join(f"{f}={config.model[f]}" for f in LATENT_DIM_FIELDS.values()))
+    check_input_files(config, args.workdir)
     from latentlm_jax.train.checkpoint_io import save_run_config
     from latentlm_jax.train.trainer import train
 

@@ -79,6 +79,7 @@ def base_config() -> mlc.ConfigDict:
     # ------------------------------------------------------------------ data
     d = c.data = mlc.ConfigDict()
     # text: shapes_tones_captions | text_files; multimodal: shapes_tones | manifest | tfds | latents
+    # σ-VAE tasks: the built-in data (shapes_tones_captions or shapes_tones) | manifest | tfds
     d.source = "shapes_tones_captions"
     d.text_files = ()  # paths or globs, used when source == text_files
     d.split = "train"
@@ -87,9 +88,11 @@ def base_config() -> mlc.ConfigDict:
     d.tokenizer_model = ""  # SentencePiece .model path when tokenizer == sentencepiece
     d.shuffle = True
     d.seed = 0
-    d.num_workers = 0  # Grain worker processes; 0 = read in the training process
-    d.prefetch = 2  # batches buffered ahead
-    d.bad_input = "skip"  # skip | error
+    d.num_workers = 0  # parallel readers (LM: Grain processes; σ-VAE: threads); 0 = in-process
+    d.prefetch = 2  # batches buffered ahead (σ-VAE: made by a background thread)
+    # What every command does with an unusable example: skip (counted; the counts are printed at
+    # the end) | error (the first one stops the command with one line naming it, exit status 2)
+    d.bad_input = "skip"
     # Multimodal sequences (latentlm_jax/data/sequences.py)
     d.task_weights = ""  # "text_to_image=2,image_to_text=1,..."; "" = all tasks equally
     d.cond_drop = 0.1  # P(caption dropped) in text→image/audio docs, for classifier-free guidance
@@ -106,9 +109,18 @@ def base_config() -> mlc.ConfigDict:
     d.image_vae_workdir = ""
     d.audio_vae_workdir = ""
     d.latent_stats_dir = ""  # holds stats-<modality>.json; "" = the directory of latent_files
+    # A folder `latentlm encode --out` wrote (its latents.json descriptor); "" = off. When set
+    # (data.source="latents", task="lm"), `latentlm train` fills latent_files, latent_stats_dir,
+    # the σ-VAE workdirs and any model.*_latent_dim left at 0 from it before training; a value
+    # already set that disagrees is a config error (docs/data_sources.md).
+    d.latents_dir = ""
     d.image_resolution = 32
     d.sample_rate = 16000
     d.audio_samples = 16000
+    # Images with more pixels are refused as bad input (too_large) before they are decoded:
+    # 2^27 ≈ 134 MP, above any camera's photo, below Pillow's decompression-bomb error (≈179 MP,
+    # the most allowed) - a 33 KB PNG can declare 12000×12000 pixels and take 1.7 GB to decode.
+    d.max_image_pixels = 2**27
 
     # ------------------------------------------------------------------ training
     t = c.train = mlc.ConfigDict()

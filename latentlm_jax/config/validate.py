@@ -13,10 +13,15 @@ from typing import Any
 import ml_collections as mlc
 
 from latentlm_jax.config.base import base_config
+from latentlm_jax.config.data_sources import ALL_SOURCES, USER_MEDIA_SOURCES, VAE_SOURCES
 from latentlm_jax.config.loading import ConfigError
 from latentlm_jax.config.task_weights import parse_task_weights
+from latentlm_jax.modality import IMAGE, MODALITY_NAMES, VAE_TASKS
 
 _NUMBER = (int, float)
+# Pillow refuses to open images with more pixels (2 × PIL.Image.MAX_IMAGE_PIXELS, its
+# DecompressionBombError), so data.max_image_pixels cannot allow more.
+PILLOW_MAX_PIXELS = 178_956_970
 
 
 def _type_ok(value: Any, default: Any) -> bool:
@@ -98,6 +103,9 @@ def check_values(config: mlc.ConfigDict) -> None:
     _positive(config, "data.seq_len", "data.prefetch")
     _choice(config, "data.tokenizer", ("byte", "sentencepiece"))
     _choice(config, "data.bad_input", ("skip", "error"))
+    check_data_source(config.data)
+    if config.task in VAE_TASKS.values():
+        check_vae_data(config.task, config.data, config.vae)
     if not 0.0 <= config.data.cond_drop < 1.0:
         raise ConfigError("data.cond_drop", f"must be in [0, 1), got {config.data.cond_drop}")
     if config.data.max_interleaved < 2:
@@ -107,6 +115,13 @@ def check_values(config: mlc.ConfigDict) -> None:
             parse_task_weights(config.data.task_weights)
         except ValueError as e:
             raise ConfigError("data.task_weights", str(e)) from e
+    if config.data.latents_dir:
+        if config.task != "lm":
+            raise ConfigError("data.latents_dir", f"latents train a LatentLM (task='lm'), not a "
+                                                  f"{config.task!r} run")
+        if config.data.source != "latents":
+            raise ConfigError("data.latents_dir", f"needs data.source='latents', got "
+                                                  f"{config.data.source!r}")
     if config.data.num_workers < 0:
         raise ConfigError("data.num_workers", f"must be ≥ 0, got {config.data.num_workers}")
     if config.data.tokenizer == "sentencepiece" and not config.data.tokenizer_model:
@@ -156,6 +171,54 @@ def check_values(config: mlc.ConfigDict) -> None:
             if a is not None and a not in axes:
                 raise ConfigError(f"sharding_rules[{i}]",
                                   f"mesh axis {a!r} not in mesh.axes {axes}")
+
+
+def check_data_source(d: mlc.ConfigDict) -> None:
+    """``data.source`` is known and the fields it needs are set; the pixel limit is usable."""
+    if d.source not in ALL_SOURCES:
+        raise ConfigError("data.source", f"must be one of {', '.join(ALL_SOURCES)}; "
+                                         f"got {d.source!r}")
+    if d.source == "manifest" and not d.manifest:
+        raise ConfigError("data.manifest", "required when data.source='manifest' (the path of "
+                                           "a JSONL manifest; docs/data_sources.md)")
+    if d.source == "tfds" and not d.tfds_name:
+        raise ConfigError("data.tfds_name", "required when data.source='tfds'")
+    if not 0 < d.max_image_pixels <= PILLOW_MAX_PIXELS:
+        raise ConfigError("data.max_image_pixels",
+                          f"must be in [1, {PILLOW_MAX_PIXELS:,}] (Pillow refuses larger images "
+                          f"as decompression bombs); got {d.max_image_pixels:,}")
+
+
+def check_vae_data(task: str, d: mlc.ConfigDict, vae: mlc.ConfigDict) -> None:
+    """Whether a σ-VAE (``task``, its ``vae`` fields) can read the data ``d`` names: a source of
+    its modality, delivered at the σ-VAE's input size. Used for training, and by ``eval`` /
+    ``reconstruct`` with another config's data section."""
+    name = MODALITY_NAMES[next(m for m, t in VAE_TASKS.items() if t == task)]
+    if d.source not in VAE_SOURCES:
+        yours = ", ".join(USER_MEDIA_SOURCES)
+        raise ConfigError("data.source", f"a {task} run reads {name}s from the built-in data "
+                                         f"(shapes_tones) or your own ({yours}); "
+                                         f"got {d.source!r}")
+    if d.source not in USER_MEDIA_SOURCES:
+        return
+    if d.source == "tfds":
+        mapped = {item.partition("=")[0].strip() for item in d.tfds_feature_map.split(",")}
+        if name not in mapped:
+            raise ConfigError("data.tfds_feature_map",
+                              f"maps no {name} ({d.tfds_feature_map!r}); a {task} run needs "
+                              f"'{name}=<feature>'")
+    if name == MODALITY_NAMES[IMAGE]:
+        pairs = [("data.image_resolution", d.image_resolution, "vae.image.resolution",
+                  vae.image.resolution)]
+    else:
+        pairs = [("data.sample_rate", d.sample_rate, "vae.audio.sample_rate",
+                  vae.audio.sample_rate),
+                 ("data.audio_samples", d.audio_samples, "vae.audio.num_samples",
+                  vae.audio.num_samples)]
+    for field, value, vae_field, vae_value in pairs:
+        if value != vae_value:
+            raise ConfigError(field, f"{value}, but the σ-VAE reads {vae_value} "
+                                     f"({vae_field}); set both to the same value")
 
 
 def validate(config: mlc.ConfigDict) -> None:

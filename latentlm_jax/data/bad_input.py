@@ -17,9 +17,10 @@ with ``num_workers=0``.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 _LOG = logging.getLogger(__name__)
 
@@ -41,7 +42,13 @@ REASONS = (
     "bad_field",  # a field has the wrong type / shape / dtype
     "corrupt_record",  # an ArrayRecord record cannot be decoded
     "too_long",  # the packer: the example does not fit in data.seq_len
+    "too_large",  # an image over data.max_image_pixels (refused before it is decoded)
+    "no_image",  # (NotApplicable) a reader of images only (an image σ-VAE) met an example without
+    "no_audio",  # (NotApplicable) likewise for audio
 )
+
+
+_LINE_KINDS = ("manifest", "text_file")  # sources whose records are lines of a file
 
 
 class BadInput(Exception):
@@ -69,12 +76,26 @@ def _rebuild_bad_input(reason: str, detail: str, file: str | None, where: str) -
     return BadInput(reason, detail, file=file, where=where)
 
 
+class NotApplicable(BadInput):
+    """An example this reader does not use, e.g. an audio-only manifest line read by an image
+    σ-VAE. Counted under its reason like a bad input, but never an error under ``"error"``: it
+    is a good example for other readers of the same data."""
+
+    def __reduce__(self):
+        return (_rebuild_not_applicable, (self.reason, self.detail, self.file, self.where))
+
+
+def _rebuild_not_applicable(reason: str, detail: str, file: str | None,
+                            where: str) -> NotApplicable:
+    return NotApplicable(reason, detail, file=file, where=where)
+
+
 class DataError(RuntimeError):
     """A bad example under ``data.bad_input = "error"``."""
 
 
 def describe_where(where: str) -> str:
-    """``manifest:/d/m.jsonl:12`` -> ``manifest /d/m.jsonl line 12``;
+    """``manifest:/d/m.jsonl:12`` -> ``manifest /d/m.jsonl line 12`` (``text_file`` likewise);
     ``<kind>:<path>:<n>`` -> ``<kind> <path> record <n>``."""
     kind, sep, rest = where.partition(":")
     if not sep:
@@ -82,8 +103,13 @@ def describe_where(where: str) -> str:
     path, sep, index = rest.rpartition(":")
     if not sep or not index.isdigit():
         return f"{kind} {rest}"
-    unit = "line" if kind == "manifest" else "record"
+    unit = "line" if kind in _LINE_KINDS else "record"
     return f"{kind} {path} {unit} {index}"
+
+
+def _where_path(where: str) -> str:
+    """The file part of ``<kind>:<path>:<n>``."""
+    return where.partition(":")[2].rpartition(":")[0]
 
 
 def format_bad_input(exc: BadInput, where: str = "") -> str:
@@ -92,7 +118,7 @@ def format_bad_input(exc: BadInput, where: str = "") -> str:
     location = where or exc.where
     if location:
         parts.append(f" at {describe_where(location)}")
-    if exc.file:
+    if exc.file and exc.file != _where_path(location):  # a text file's line names it already
         parts.append(f", file {exc.file}")
     detail = " ".join(str(exc.detail).split())  # keep it on one line
     return "".join(parts) + f": {detail}"
@@ -100,7 +126,7 @@ def format_bad_input(exc: BadInput, where: str = "") -> str:
 
 class BadInputPolicy:
     """``mode="error"``: raise :class:`DataError`. ``mode="skip"``: count, warn once per reason,
-    return ``None``."""
+    return ``None``. A :class:`NotApplicable` example is counted (logged at INFO) in both modes."""
 
     def __init__(self, mode: str = "skip", logger: logging.Logger | None = None):
         if mode not in MODES:
@@ -115,7 +141,8 @@ class BadInputPolicy:
     def handle(self, exc: BadInput, where: str = "") -> None:
         """Deal with one bad example; returns ``None`` (skip) or raises :class:`DataError`."""
         message = format_bad_input(exc, where)
-        if self.mode == "error":
+        applicable = not isinstance(exc, NotApplicable)
+        if self.mode == "error" and applicable:
             raise DataError(message + " (set data.bad_input='skip' to skip such examples)") from exc
         with self._lock:
             self._total[exc.reason] = self._total.get(exc.reason, 0) + 1
@@ -123,7 +150,8 @@ class BadInputPolicy:
             first = exc.reason not in self._warned
             self._warned.add(exc.reason)
         if first:
-            self._logger.warning(
+            self._logger.log(
+                logging.WARNING if applicable else logging.INFO,
                 "%s -- skipped; further '%s' examples are counted in %s%s, not logged",
                 message,
                 exc.reason,
@@ -181,6 +209,22 @@ class SkipTotals:
 
     def as_metrics(self) -> dict[str, int]:
         return dict(sorted(self._totals.items()))
+
+
+def skip_summary(counts: Mapping[str, int]) -> str:
+    """``{"data/skipped/missing_file": 2, "corrupt_image": 1}`` -> ``"skipped 2 (missing_file),
+    1 (corrupt_image)"`` (the caller's order; the ``data/skipped/`` prefix optional); ``""`` when
+    nothing was skipped."""
+    parts = [f"{int(n)} ({key.removeprefix(METRIC_PREFIX)})" for key, n in counts.items() if n]
+    return "skipped " + ", ".join(parts) if parts else ""
+
+
+def print_skip_summary(counts: Mapping[str, int], file: TextIO | None = None) -> None:
+    """What every command prints at its end under ``data.bad_input='skip'``: one line with the
+    examples skipped per reason (nothing when none were). ``file`` defaults to stdout."""
+    line = skip_summary(counts)
+    if line:
+        print(line, file=file or sys.stdout, flush=True)
 
 
 class RandomAccessSource(Protocol):

@@ -4,7 +4,7 @@ For every example: μ = encoder(x); z = μ + σ·ε with one σ per example (the
 language model trains on noisy latents, not on μ); the latents are flattened to a sequence
 (images in raster order) and normalised with a per-dimension mean/std measured on the data.
 Each JAX process encodes its own shard ``i::P`` and writes its own file; the statistics are
-combined over processes. ``stats.json`` holds what generation needs to de-normalise.
+combined over processes. ``stats-<modality>.json`` holds what generation needs to de-normalise.
 """
 
 from __future__ import annotations
@@ -21,7 +21,13 @@ import numpy as np
 from flax import nnx
 
 from latentlm_jax.data.array_record_source import write_latents
-from latentlm_jax.data.bad_input import BadInput
+from latentlm_jax.data.bad_input import (
+    METRIC_PREFIX,
+    REASONS,
+    BadInput,
+    BadInputPolicy,
+    NotApplicable,
+)
 from latentlm_jax.modality import MODALITY_NAMES, VAE_TASKS
 
 # σ-VAE task → (the example field it encodes, the built-in data's caption field for it)
@@ -33,13 +39,23 @@ class MediaExamples:
     """Any example source (built-in, manifest, TFDS) as ``{modality, caption_key}`` examples.
 
     The built-in data names its captions ``image_caption`` / ``audio_caption``; manifests and
-    TFDS give one ``text``. An example without this modality (a text-only manifest line, an
-    audio-only one when encoding images) raises :class:`BadInput` ``missing_keys``, as do the
-    source's own unusable examples, so :func:`encode_dataset` can skip and count them.
+    TFDS give one ``text``. An example without this modality (a text-only or audio-only
+    manifest line when encoding images) raises :class:`NotApplicable` ``no_<modality>``, as a
+    source opened with ``only=<modality>`` does itself: not a bad input, counted apart. The
+    source's unusable examples raise :class:`BadInput`, which :func:`encode_dataset` hands to
+    ``data.bad_input``'s policy.
+
+    ``captions``: the same examples read for their text alone (a source opened with
+    ``only="text"``, when ``source`` reads the media alone); an example without text is
+    uncaptioned, one with a bad text (empty, invalid UTF-8) is bad input.
     """
 
-    def __init__(self, source: Sequence[dict[str, Any]], task: str):
+    def __init__(self, source: Sequence[dict[str, Any]], task: str,
+                 captions: Sequence[dict[str, Any]] | None = None):
+        if captions is not None and len(captions) != len(source):
+            raise ValueError(f"{len(captions)} captions for {len(source)} examples")
         self.source = source
+        self.captions = captions
         self.modality, self.caption_key = MODALITY_KEYS[task]
 
     def __len__(self) -> int:
@@ -48,8 +64,14 @@ class MediaExamples:
     def __getitem__(self, index: int) -> dict[str, Any]:
         ex = self.source[index]
         if ex.get(self.modality) is None:
-            raise BadInput("missing_keys", f"example {index} has no {self.modality}")
+            raise NotApplicable(f"no_{self.modality}",
+                                f"example {index} has no {self.modality}")
         caption = ex.get(self.caption_key) or ex.get("text") or ""
+        if self.captions is not None:
+            try:
+                caption = self.captions[index]["text"] or ""
+            except NotApplicable:
+                caption = ""
         return {self.modality: ex[self.modality], self.caption_key: caption}
 
 
@@ -81,25 +103,35 @@ def encode_examples(model, modality: str, xs: np.ndarray, key: jax.Array,
 def encode_dataset(model, task: str, dataset: Sequence[dict[str, Any]], out_dir: str, *,
                    num_examples: int, batch_size: int = 64, seed: int = 0,
                    process_index: int | None = None, process_count: int | None = None,
-                   progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
+                   progress: Callable[[int, int, float], None] | None = None,
+                   bad_input: str = "skip") -> dict[str, Any]:
     """Encodes examples ``process_index::process_count`` of ``dataset[:num_examples]``; writes
-    ``latents-<modality>-<i>-of-<P>.array_record`` and (process 0) ``stats.json``. Examples
-    that raise :class:`BadInput` are skipped; ``stats["skipped"]`` counts them by reason."""
+    ``latents-<modality>-<i>-of-<P>.array_record`` and (process 0) ``stats-<modality>.json``.
+
+    An example that raises :class:`BadInput` goes to a ``BadInputPolicy(bad_input)``: under
+    ``"skip"`` it is counted by reason (``stats["skipped"]``, summed over processes) and the first
+    of each reason is logged with its file and line; under ``"error"`` the policy's one-line
+    ``DataError`` stops the encoding. Examples without the modality are counted in
+    ``stats["without_modality"]``. ``stats["encoded"]`` counts all processes' sequences.
+    """
     modality, caption_key = MODALITY_KEYS[task]
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
+    policy = BadInputPolicy(bad_input)
     indices = list(range(pi, num_examples, pc))
     key = jax.random.key(seed)
     seqs, captions, kept = [], [], []
-    skipped: dict[str, int] = {}
+    without = 0
     t0 = time.perf_counter()
     for start in range(0, len(indices), batch_size):
         examples = []
         for i in indices[start:start + batch_size]:
             try:
                 examples.append((i, dataset[i]))
+            except NotApplicable:  # before BadInput, its base class
+                without += 1
             except BadInput as e:
-                skipped[e.reason] = skipped.get(e.reason, 0) + 1
+                policy.handle(e, e.where or f"example:{i}")  # DataError under "error"
         if examples:
             xs = np.stack([ex[modality] for _, ex in examples])
             z = encode_examples(model, modality, xs, jax.random.fold_in(key, start))
@@ -109,33 +141,64 @@ def encode_dataset(model, task: str, dataset: Sequence[dict[str, Any]], out_dir:
         if progress is not None:
             progress(min(start + batch_size, len(indices)), len(indices),
                      time.perf_counter() - t0)
+    skipped = {k.removeprefix(METRIC_PREFIX): n for k, n in policy.counts().items()}
     if not seqs:
         raise ValueError(f"none of the {len(indices)} examples has a usable {modality} "
-                         f"(skipped: {skipped})")
+                         f"({without} without one; skipped: {skipped})")
     stacked = np.stack(seqs).astype(np.float64)  # [n, N, D]
     flat = stacked.reshape(-1, stacked.shape[-1])
     sums = np.stack([flat.sum(0), (flat**2).sum(0), np.full(flat.shape[1], len(flat))])
+    counts = _counts_vector(len(kept), sum(1 for c in captions if c), without, skipped)
     if pc > 1:
         from jax.experimental import multihost_utils
 
         sums = np.asarray(multihost_utils.process_allgather(sums)).sum(0)
+        counts = np.asarray(multihost_utils.process_allgather(counts)).sum(0)
     count = sums[2]
     mean = sums[0] / count
     std = np.sqrt(np.maximum(sums[1] / count - mean**2, 1e-12))
     normalised = ((stacked - mean) / std).astype(np.float32)
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f"latents-{modality}-{pi:05d}-of-{pc:05d}.array_record")
+    path = os.path.join(out_dir, shard_name(modality, pi, pc))
     write_latents(path, ({"latents": z, "caption": c, "modality": modality, "index": int(i)}
                          for z, c, i in zip(normalised, captions, kept, strict=True)))
+    encoded, captioned, without_all, skipped_all = _from_counts_vector(counts)
     stats = {"modality": modality, "mean": mean.tolist(), "std": std.tolist(),
              "latent_dim": int(stacked.shape[-1]), "sequence_length": int(stacked.shape[1]),
-             "num_examples": num_examples, "encoded": len(kept), "skipped": skipped,
+             "num_examples": num_examples, "encoded": encoded, "captioned": captioned,
+             "without_modality": without_all, "skipped": skipped_all,
              "vae_kind": getattr(model, "kind", "sigma"),
-             "vae_std": float(getattr(model, "std", 0.0))}
+             "vae_std": float(getattr(model, "std", 0.0)),
+             "shards": [shard_name(modality, i, pc) for i in range(pc)]}
     if pi == 0:
         with open(os.path.join(out_dir, f"stats-{modality}.json"), "w") as f:
             json.dump(stats, f, indent=1)
     return stats
+
+
+def shard_name(modality: str, process_index: int, process_count: int) -> str:
+    """The file one process writes: ``latents-<modality>-<i>-of-<P>.array_record``."""
+    return f"latents-{modality}-{process_index:05d}-of-{process_count:05d}.array_record"
+
+
+# Counts summed over processes travel as one vector: encoded, captioned, without the modality,
+# then the skips per known reason (any other reason under "other").
+_SKIP_SLOTS = (*REASONS, "other")
+
+
+def _counts_vector(encoded: int, captioned: int, without: int,
+                   skipped: dict[str, int]) -> np.ndarray:
+    v = np.zeros(3 + len(_SKIP_SLOTS), np.int64)
+    v[:3] = encoded, captioned, without
+    for reason, n in skipped.items():
+        slot = reason if reason in REASONS else "other"
+        v[3 + _SKIP_SLOTS.index(slot)] += n
+    return v
+
+
+def _from_counts_vector(v: np.ndarray) -> tuple[int, int, int, dict[str, int]]:
+    skipped = {r: int(n) for r, n in zip(_SKIP_SLOTS, v[3:], strict=True) if n}
+    return int(v[0]), int(v[1]), int(v[2]), skipped
 
 
 def load_stats(out_dir: str, modality: str) -> dict[str, Any]:

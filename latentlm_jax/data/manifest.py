@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from latentlm_jax.data.bad_input import BadInput
+from latentlm_jax.data.bad_input import BadInput, NotApplicable
 from latentlm_jax.data.indexing import check_index
-from latentlm_jax.data.media import load_audio, load_image
+from latentlm_jax.data.media import DEFAULT_MAX_IMAGE_PIXELS, load_audio, load_image
 
 KEYS = ("text", "image", "audio")
 _IS_CONTENT = np.ones(256, bool)  # byte -> not whitespace
@@ -37,7 +37,10 @@ class ManifestSource:
     "source": "manifest:<abs path>:<line>"}`` (1-based line) or raises :class:`BadInput`.
 
     ``image_resolution=None`` keeps images at their own size; ``num_samples <= 0`` keeps the whole
-    (resampled) audio clip.
+    (resampled) audio clip; images over ``max_image_pixels`` are ``too_large``. ``only="image"``
+    (or ``"audio"``, ``"text"``) reads that field alone, for a reader that needs nothing else (a
+    σ-VAE): lines without it raise :class:`NotApplicable` (``no_image``: counted, never an error),
+    the other fields are neither read nor checked.
     """
 
     def __init__(
@@ -47,7 +50,11 @@ class ManifestSource:
         image_resolution: int | None,
         sample_rate: int,
         num_samples: int,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        only: str | None = None,
     ):
+        if only is not None and only not in KEYS:
+            raise ValueError(f"only must be one of {KEYS}, got {only!r}")
         self.path = os.path.abspath(os.path.expanduser(path))
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"manifest not found: {self.path}")
@@ -55,6 +62,8 @@ class ManifestSource:
         self.image_resolution = image_resolution
         self.sample_rate = sample_rate
         self.num_samples = num_samples
+        self.max_image_pixels = max_image_pixels
+        self.only = only
         self._starts, self._ends, self._line_numbers = index_lines(self.path)
 
     def __len__(self) -> int:
@@ -90,13 +99,19 @@ class ManifestSource:
             raise BadInput("bad_json", f"expected a JSON object, got {type(obj).__name__}")
         if all(obj.get(k) is None for k in KEYS):
             raise BadInput("missing_keys", f"none of {', '.join(KEYS)} in keys {sorted(obj)}")
+        if self.only is not None:
+            if obj.get(self.only) is None:
+                raise NotApplicable(f"no_{self.only}", f'no "{self.only}" (only {self.only} is '
+                                                       f"read) in keys {sorted(obj)}")
+            obj = {self.only: obj[self.only]}
 
         text = obj.get("text")
         if text is not None:
             text = check_text(text)
         image = audio = None
         if obj.get("image") is not None:
-            image = load_image(self._resolve(obj["image"], "image"), self.image_resolution)
+            image = load_image(self._resolve(obj["image"], "image"), self.image_resolution,
+                               self.max_image_pixels)
         if obj.get("audio") is not None:
             path = self._resolve(obj["audio"], "audio")
             audio = load_audio(path, self.sample_rate, self.num_samples)

@@ -5,6 +5,11 @@ CMYK and 16-bit images become RGB; the short side is scaled to ``res`` and the c
 kept. Audio becomes ``float32[num_samples]``: mono (channel mean), band-limited resampling to the
 target rate (polyphase, the exact rational ratio), then zero-padded or cut. Undecodable inputs raise
 :class:`~latentlm_jax.data.bad_input.BadInput`, never a decoder-specific exception.
+
+An image with more than ``max_pixels`` pixels (``data.max_image_pixels``) is refused as
+``too_large`` from its header, before any pixel is decoded: a 33 KB PNG can declare 12000×12000
+pixels and take 1.7 GB and seconds to decode. Pillow's own ``DecompressionBombWarning`` is
+silenced (this check replaces it); its ``DecompressionBombError`` is reported as ``too_large``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import io
 import math
 import os
 import struct
+import warnings
 
 import numpy as np
 import soundfile as sf
@@ -20,6 +26,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy.signal import resample_poly
 
 from latentlm_jax.data.bad_input import BadInput
+
+# The default of data.max_image_pixels (2^27 ≈ 134 MP): above any camera's photo (100-MP medium
+# format included), below Pillow's decompression-bomb error (2 × Image.MAX_IMAGE_PIXELS ≈ 179 MP).
+DEFAULT_MAX_IMAGE_PIXELS = 2**27
 
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -33,21 +43,51 @@ def _require_file(path: str) -> None:
 # ---------------------------------------------------------------------------------------- images
 
 
-def load_image(path: str, resolution: int) -> np.ndarray:
+def load_image(path: str, resolution: int | None,
+               max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read any image Pillow reads as ``uint8[resolution, resolution, 3]``."""
     _require_file(path)
     with open(path, "rb") as f:
         data = f.read()
-    return decode_image_bytes(data, resolution, file=path)
+    return decode_image_bytes(data, resolution, file=path, max_pixels=max_pixels)
+
+
+def check_pixels(width: int, height: int, max_pixels: int, file: str | None = None) -> None:
+    """``BadInput("too_large")`` when ``width × height`` exceeds ``max_pixels``."""
+    if width * height > max_pixels:
+        raise BadInput("too_large", f"{width}×{height} = {width * height:,} pixels, over "
+                                    f"data.max_image_pixels={max_pixels:,}", file=file)
+
+
+def _ignore_pillow_bomb_warning() -> None:
+    """Installs (once per filter list: a ``warnings.catch_warnings`` block starts a new one) an
+    ignore filter for Pillow's ``DecompressionBombWarning``, which :func:`check_pixels` replaces.
+    Checked at each decode rather than set at import, so it holds in whatever filter list is
+    current."""
+    for action, _, category, _, _ in warnings.filters:
+        if category is Image.DecompressionBombWarning and action == "ignore":
+            return
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def decode_image_bytes(
-    data: bytes, resolution: int | None, *, file: str | None = None
+    data: bytes, resolution: int | None, *, file: str | None = None,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> np.ndarray:
     """Encoded image bytes (PNG, JPEG, WebP, ...) -> ``uint8[res, res, 3]`` (or ``[H, W, 3]`` if
-    ``resolution`` is None)."""
+    ``resolution`` is None). Images over ``max_pixels`` are refused before decoding."""
+    _ignore_pillow_bomb_warning()
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError as exc:
+        raise BadInput("too_large", f"over data.max_image_pixels={max_pixels:,}: {exc}",
+                       file=file) from exc
+    except UnidentifiedImageError as exc:
+        raise BadInput("corrupt_image", "not an image format Pillow reads", file=file) from exc
+    except Exception as exc:  # any decoder failure on untrusted bytes is a bad input
+        raise BadInput("corrupt_image", f"cannot decode image: {exc}", file=file) from exc
+    check_pixels(*img.size, max_pixels, file)
+    try:
         if resolution and img.format == "JPEG":
             # Let libjpeg decode at a reduced scale, keeping >= 2x the target on the short side.
             w, h = img.size
@@ -57,14 +97,13 @@ def decode_image_bytes(
         img.load()
         img = ImageOps.exif_transpose(img)
         rgb = _to_rgb(img)
-    except UnidentifiedImageError as exc:
-        raise BadInput("corrupt_image", "not an image format Pillow reads", file=file) from exc
     except Exception as exc:  # any decoder failure on untrusted bytes is a bad input
         raise BadInput("corrupt_image", f"cannot decode image: {exc}", file=file) from exc
     return _square(rgb, resolution)
 
 
-def prepare_image_array(array: np.ndarray, resolution: int | None) -> np.ndarray:
+def prepare_image_array(array: np.ndarray, resolution: int | None,
+                        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """A decoded ``uint8`` image ``[H, W]``, ``[H, W, 1|2|3|4]`` -> ``uint8[res, res, 3]``."""
     a = np.asarray(array)
     if a.dtype != np.uint8:
@@ -74,6 +113,7 @@ def prepare_image_array(array: np.ndarray, resolution: int | None) -> np.ndarray
     ok = a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (2, 3, 4))
     if not ok or a.shape[0] == 0 or a.shape[1] == 0:
         raise BadInput("bad_field", f"image array must be [H, W] or [H, W, 1-4], got {a.shape}")
+    check_pixels(a.shape[1], a.shape[0], max_pixels)
     img = Image.fromarray(np.ascontiguousarray(a))  # L, LA, RGB or RGBA from the shape
     return _square(_to_rgb(img), resolution)
 

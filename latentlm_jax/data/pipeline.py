@@ -19,6 +19,8 @@ import jax
 import ml_collections as mlc
 import numpy as np
 
+from latentlm_jax.config.data_sources import ALL_SOURCES, TEXT_SOURCES
+from latentlm_jax.config.loading import ConfigError
 from latentlm_jax.data.bad_input import (
     BadInput,
     BadInputPolicy,
@@ -37,8 +39,6 @@ from latentlm_jax.modality import (
     max_latent_dim,
 )
 
-TEXT_SOURCES = ("shapes_tones_captions", "text_files")
-EXAMPLE_SOURCES = ("shapes_tones", "manifest", "tfds", "latents")
 # Documents read ahead by the threads of ``to_iter_dataset`` (per process, or per Grain worker).
 READ_THREADS = 2
 READ_BUFFER = 256
@@ -60,9 +60,28 @@ class TextDocuments:
         return Document(ids, source=str(example.get("source", "")))
 
 
-def make_source(config: mlc.ConfigDict):
-    """The random-access source ``config.data.source`` names."""
+# The config field to blame when a source cannot be opened.
+_SOURCE_FIELDS = {"text_files": "data.text_files", "manifest": "data.manifest",
+                  "tfds": "data.tfds_name", "latents": "data.latent_files"}
+
+
+def make_source(config: mlc.ConfigDict, only: str | None = None):
+    """The random-access source ``config.data.source`` names. ``only`` (``"image"`` /
+    ``"audio"``): a manifest / TFDS source reads that field alone and reports examples without it
+    as ``missing_keys`` (what a σ-VAE reads). A source that cannot be opened (a missing manifest,
+    an unprepared TFDS dataset, ...) is a :class:`ConfigError` naming the field."""
     d = config.data
+    try:
+        return _open_source(d, only)
+    except ConfigError:
+        raise
+    except (OSError, ValueError, NotImplementedError) as e:
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(_SOURCE_FIELDS.get(d.source, "data.source"),
+                          f"cannot open data.source={d.source!r}: {first_line}") from e
+
+
+def _open_source(d: mlc.ConfigDict, only: str | None):
     if d.source == "shapes_tones_captions":
         from latentlm_jax.data.sources import CaptionSource
 
@@ -81,20 +100,22 @@ def make_source(config: mlc.ConfigDict):
         from latentlm_jax.data.manifest import ManifestSource
 
         return ManifestSource(d.manifest, image_resolution=d.image_resolution,
-                              sample_rate=d.sample_rate, num_samples=d.audio_samples)
+                              sample_rate=d.sample_rate, num_samples=d.audio_samples,
+                              max_image_pixels=d.max_image_pixels, only=only)
     if d.source == "tfds":
         from latentlm_jax.data.tfds_source import TfdsSource
 
         return TfdsSource(d.tfds_name, d.tfds_split, d.tfds_data_dir or None, d.tfds_feature_map,
                           image_resolution=d.image_resolution, sample_rate=d.sample_rate,
                           num_samples=d.audio_samples,
-                          source_sample_rate=d.tfds_sample_rate or None)
+                          source_sample_rate=d.tfds_sample_rate or None,
+                          max_image_pixels=d.max_image_pixels, only=only)
     if d.source == "latents":
         from latentlm_jax.data.array_record_source import LatentArrayRecordSource
 
         return LatentArrayRecordSource(tuple(d.latent_files))
-    raise ValueError(f"data.source must be one of {', '.join(TEXT_SOURCES + EXAMPLE_SOURCES)}; "
-                     f"got {d.source!r}")
+    raise ConfigError("data.source", f"must be one of {', '.join(ALL_SOURCES)}; "
+                                     f"got {d.source!r}")
 
 
 def _resolve_shard(process_index: int | None, process_count: int | None) -> tuple[int, int]:

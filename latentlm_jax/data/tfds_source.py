@@ -23,7 +23,12 @@ import tensorflow_datasets as tfds
 from latentlm_jax.data.bad_input import BadInput
 from latentlm_jax.data.indexing import check_index
 from latentlm_jax.data.manifest import KEYS, check_text
-from latentlm_jax.data.media import decode_image_bytes, prepare_audio_array, prepare_image_array
+from latentlm_jax.data.media import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    decode_image_bytes,
+    prepare_audio_array,
+    prepare_image_array,
+)
 
 
 class TfdsSource:
@@ -41,9 +46,17 @@ class TfdsSource:
         sample_rate: int | None = None,
         num_samples: int = 0,
         source_sample_rate: int | None = None,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        only: str | None = None,
     ):
         self.name, self.split = name, split
         self.feature_map = parse_feature_map(feature_map)
+        if only is not None:  # a reader that needs one field (a σ-VAE) reads nothing else
+            if only not in self.feature_map:
+                raise ValueError(f"the tfds feature map {feature_map!r} maps no {only!r}: "
+                                 f"name the feature that holds it ({only}=<feature>)")
+            self.feature_map = {only: self.feature_map[only]}
+        self.max_image_pixels = max_image_pixels
         self.image_resolution = image_resolution
         self.sample_rate = sample_rate
         self.num_samples = num_samples
@@ -95,8 +108,9 @@ class TfdsSource:
 
     def _image(self, value: Any) -> np.ndarray:
         if isinstance(value, bytes | np.bytes_):
-            return decode_image_bytes(bytes(value), self.image_resolution)
-        return prepare_image_array(np.asarray(value), self.image_resolution)
+            return decode_image_bytes(bytes(value), self.image_resolution,
+                                      max_pixels=self.max_image_pixels)
+        return prepare_image_array(np.asarray(value), self.image_resolution, self.max_image_pixels)
 
     def _audio(self, value: Any) -> np.ndarray:
         target = self.sample_rate or self.source_sample_rate

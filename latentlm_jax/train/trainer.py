@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 
 from latentlm_jax.config.validate import validate
-from latentlm_jax.data.bad_input import SkipTotals, pop_skip_counts
+from latentlm_jax.data.bad_input import SkipTotals, pop_skip_counts, skip_summary
 from latentlm_jax.parallel import distributed
 from latentlm_jax.parallel.logical import activation_rules
 from latentlm_jax.parallel.mesh import num_slices
@@ -190,15 +190,25 @@ def train(config: mlc.ConfigDict, workdir: str, stop_at: int | None = None,
                     manager.wait_until_finished()
                     reason = "SIGTERM" if preemption.requested else "stop_at"
                     say(f"{reason}: saved checkpoint at step {step}; exiting")
+                    _say_skipped(skipped)
                     return last
                 if step % config.checkpoint.every_steps == 0 or step == total:
                     save(step)
         manager.wait_until_finished()
         say(f"done: {total} steps; checkpoints in {workdir}/checkpoints")
+        _say_skipped(skipped)
         return last
     finally:
+        iterator.close()
         manager.close()
         writer.close()
+
+
+def _say_skipped(skipped: SkipTotals) -> None:
+    """The bad examples this run skipped, per reason (this process's count; nothing if none)."""
+    line = skip_summary(skipped.as_metrics())
+    if line:
+        say(f"{line} (data.bad_input='skip'; data/skipped/<reason> in metrics.jsonl)")
 
 
 def evaluate(task, graphdef, train_state: dict, config: mlc.ConfigDict, workdir: str, step: int,

@@ -5,8 +5,9 @@ has been trained on noisy latents, so moderate errors still decode to the right 
 module measures exactly that, for any trained VAE (σ-VAE or plain):
 
 - the per-dimension std of μ over a set of examples, and the std of sampled z;
-- reconstruction quality (PSNR / SNR and the dataset scorer's accuracy) when μ is perturbed by
-  Gaussian noise of scale 0, 0.25, 0.5, 1, 2 × the latent std (per dimension by default).
+- reconstruction quality (PSNR; SNR and log-spectral distance; on the built-in data also the
+  dataset scorer's accuracy) when μ is perturbed by Gaussian noise of scale 0, 0.25, 0.5, 1, 2 ×
+  the latent std (per dimension by default).
 
     latentlm eval --workdir runs/vae_image_tiny --workdir runs/vae_image_plain
 """
@@ -23,6 +24,7 @@ from flax import nnx
 
 from latentlm_jax.vae import samples
 from latentlm_jax.vae.codec import ConvVAE
+from latentlm_jax.vae.evaluation import builtin_accuracy, quality
 
 NOISE_SCALES = (0.0, 0.25, 0.5, 1.0, 2.0)
 
@@ -70,29 +72,33 @@ def latent_diagnostics(model: ConvVAE, inputs: np.ndarray,
             "z_std": float(z.std()), "rows": rows}
 
 
-def image_diagnostics(model: ConvVAE, examples: list[dict[str, Any]], rng: jax.Array,
-                      **kwargs: Any) -> dict[str, Any]:
-    """:func:`latent_diagnostics` on dataset examples, scored by PSNR and the image scorer."""
+def image_diagnostics(model: ConvVAE, examples: list[dict[str, Any]], rng: jax.Array, *,
+                      builtin: bool = True, **kwargs: Any) -> dict[str, Any]:
+    """:func:`latent_diagnostics` on dataset examples, scored by PSNR and, on built-in examples
+    (``builtin``: they carry ``image_attrs``), the image scorer."""
     images = np.stack([e["image"] for e in examples])
-    attrs = [e["image_attrs"] for e in examples]
 
     def score(recon: np.ndarray) -> dict[str, float]:
         pixels = samples.to_uint8(recon)
-        return {"psnr": samples.psnr(images, pixels),
-                "accuracy": samples.image_accuracy(pixels, attrs)}
+        out = quality("image", images, pixels)
+        if builtin:
+            out["accuracy"] = builtin_accuracy("image", pixels, examples)
+        return out
 
     return latent_diagnostics(model, samples.from_uint8(images), score, rng, **kwargs)
 
 
-def audio_diagnostics(model: ConvVAE, examples: list[dict[str, Any]], rng: jax.Array,
-                      **kwargs: Any) -> dict[str, Any]:
-    """:func:`latent_diagnostics` on dataset examples, scored by SNR and the audio scorer."""
+def audio_diagnostics(model: ConvVAE, examples: list[dict[str, Any]], rng: jax.Array, *,
+                      builtin: bool = True, **kwargs: Any) -> dict[str, Any]:
+    """:func:`latent_diagnostics` on dataset examples, scored by SNR, the log-spectral distance
+    and, on built-in examples (they carry ``audio_pitches``), the audio scorer."""
     waves = np.stack([e["audio"] for e in examples]).astype(np.float32)
-    pitches = [e["audio_pitches"] for e in examples]
 
     def score(recon: np.ndarray) -> dict[str, float]:
-        return {"snr_db": samples.snr_db(waves, recon),
-                "accuracy": samples.audio_accuracy(recon, pitches)}
+        out = quality("audio", waves, recon)
+        if builtin:
+            out["accuracy"] = builtin_accuracy("audio", recon, examples)
+        return out
 
     return latent_diagnostics(model, waves, score, rng, **kwargs)
 

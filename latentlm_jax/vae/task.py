@@ -9,14 +9,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
-import numpy as np
 from flax import nnx
 
-from latentlm_jax.vae import samples
+from latentlm_jax.data.bad_input import BadInputPolicy
+from latentlm_jax.modality import MODALITY_IDS, VAE_TASKS
 from latentlm_jax.vae.audio import AudioVAE, audio_forward_flops
 from latentlm_jax.vae.codec import ConvVAE, Posterior
 from latentlm_jax.vae.data import ExampleIterator
 from latentlm_jax.vae.discriminator import adversarial_terms, disc_forward_flops
+from latentlm_jax.vae.evaluation import reconstruct, reconstruct_examples, write_samples
 from latentlm_jax.vae.image import ImageVAE, image_forward_flops
 from latentlm_jax.vae.losses import (
     LossSettings,
@@ -25,6 +26,10 @@ from latentlm_jax.vae.losses import (
     multi_resolution_stft_loss,
     reconstruction_loss,
 )
+from latentlm_jax.vae.sources import first_usable, is_builtin, open_examples
+
+__all__ = ["AudioVAETask", "ImageVAETask", "eval_examples", "load_test_examples", "reconstruct",
+           "vae_objective"]
 
 
 def vae_objective(model: ConvVAE, x: jax.Array, recon: jax.Array, post: Posterior,
@@ -56,22 +61,23 @@ def vae_objective(model: ConvVAE, x: jax.Array, recon: jax.Array, post: Posterio
     return total, metrics
 
 
-@nnx.jit
-def _reconstruct(model: ConvVAE, x: jax.Array) -> jax.Array:
-    return model.decode(model.mode(x))
-
-
-def reconstruct(model: ConvVAE, x: np.ndarray, chunk: int = 64) -> np.ndarray:
-    """decode(mode(x)) in chunks, as NumPy."""
-    return np.concatenate([np.asarray(_reconstruct(model, jnp.asarray(x[i:i + chunk])))
-                           for i in range(0, len(x), chunk)])
-
-
 def load_test_examples(config: mlc.ConfigDict, n: int) -> list[dict[str, Any]]:
+    """The first ``n`` examples of the built-in test split."""
     from latentlm_jax.data.shapes_tones import ShapesTones
 
     ds = ShapesTones(split="test", seed=config.data.seed)
     return [ds[i] for i in range(n)]
+
+
+def eval_examples(task: str, config: mlc.ConfigDict,
+                  n: int) -> tuple[list[tuple[int, dict[str, Any]]], bool]:
+    """``(index, example)`` pairs a training run evaluates on, and whether they are built-in:
+    the built-in test split, or the first ``n`` usable examples of the run's own data (a user
+    source has no held-out split here; ``latentlm eval --config`` takes one)."""
+    if is_builtin(config.data):
+        return list(enumerate(load_test_examples(config, n))), True
+    examples = open_examples(task, config, config.vae, config.data.split)
+    return first_usable(examples, n, BadInputPolicy(config.data.bad_input)), False
 
 
 class _VAETask:
@@ -79,6 +85,7 @@ class _VAETask:
 
     def __init__(self, config: mlc.ConfigDict | None = None):
         del config  # every choice is read from the config passed to each method
+        self._eval_cache: tuple[list[tuple[int, dict[str, Any]]], bool] | None = None
 
     def _model_cls(self) -> type[ConvVAE]:
         raise NotImplementedError
@@ -104,11 +111,36 @@ class _VAETask:
 
     def train_iterator(self, config: mlc.ConfigDict, process_index: int,
                        process_count: int) -> ExampleIterator:
-        from latentlm_jax.data.shapes_tones import ShapesTones
+        """This process's batches; ``data.prefetch`` batches are made ahead by a background
+        thread and ``data.num_workers`` threads read each batch's examples (0 = the producer
+        reads them), without changing the batches (``vae/data.py``)."""
+        d = config.data
+        task = VAE_TASKS[MODALITY_IDS[self.key]]
+        examples = open_examples(task, config, config.vae, d.split)
+        builtin = is_builtin(d)  # procedural, already in random order: never shuffled
+        return ExampleIterator(examples, self.key, config.train.global_batch_size, process_index,
+                               process_count, dtype=self.batch_dtypes(config)[self.key],
+                               policy=BadInputPolicy(d.bad_input),
+                               shuffle_seed=d.seed if d.shuffle and not builtin else None,
+                               prefetch=d.prefetch, num_workers=d.num_workers)
 
-        ds = ShapesTones(split=config.data.split, seed=config.data.seed)
-        return ExampleIterator(ds, self.key, config.train.global_batch_size, process_index,
-                               process_count, dtype=self.batch_dtypes(config)[self.key])
+    def evaluate(self, model: ConvVAE, config: mlc.ConfigDict, workdir: str,
+                 step: int) -> dict[str, float]:
+        """Quality of decode(mode(x)) on ``vae.eval_examples`` examples (:func:`eval_examples`;
+        the built-in scorer's ``recon_correct`` on built-in data); writes
+        ``samples/step_<N>/reconstructions.png`` (originals above reconstructions) or
+        ``{original,recon}_<i>.wav`` for the first four clips."""
+        if self._eval_cache is None:
+            task = VAE_TASKS[MODALITY_IDS[self.key]]
+            self._eval_cache = eval_examples(task, config, config.vae.eval_examples)
+        examples, builtin = self._eval_cache
+        if not examples:
+            return {}
+        rec = reconstruct_examples(model, self.key, examples, builtin)
+        if jax.process_index() == 0:
+            write_samples(os.path.join(workdir, "samples", f"step_{step}"), rec,
+                          config.vae.audio.sample_rate)
+        return rec.metrics
 
     def flops_per_step(self, config: mlc.ConfigDict) -> float:
         """3 × forward (forward + backward) of encoder + decoder per example; with the
@@ -144,22 +176,6 @@ class ImageVAETask(_VAETask):
         b, r = config.train.global_batch_size, config.vae.image.resolution
         return (b, r, r, config.vae.image.in_channels) if key == "image" else (b,)
 
-    def evaluate(self, model: ConvVAE, config: mlc.ConfigDict, workdir: str,
-                 step: int) -> dict[str, float]:
-        """PSNR and scorer accuracy of decode(mode(x)) on the first test examples; writes
-        ``samples/step_<N>/reconstructions.png`` (originals above reconstructions)."""
-        examples = load_test_examples(config, config.vae.eval_examples)
-        images = np.stack([e["image"] for e in examples])
-        recon = samples.to_uint8(reconstruct(model, samples.from_uint8(images)))
-        if jax.process_index() == 0:
-            n = min(16, len(images))
-            samples.save_png(os.path.join(workdir, "samples", f"step_{step}",
-                                          "reconstructions.png"),
-                             samples.image_grid([images[:n], recon[:n]]))
-        return {"psnr": samples.psnr(images, recon),
-                "recon_correct": samples.image_accuracy(recon, [e["image_attrs"]
-                                                                for e in examples])}
-
 
 class AudioVAETask(_VAETask):
     """Batches: ``audio`` float32 [B, T] in [-1, 1], ``step`` [B]."""
@@ -181,20 +197,3 @@ class AudioVAETask(_VAETask):
     def batch_shape(self, config: mlc.ConfigDict, key: str) -> tuple[int, ...]:
         b = config.train.global_batch_size
         return (b, config.vae.audio.num_samples) if key == "audio" else (b,)
-
-    def evaluate(self, model: ConvVAE, config: mlc.ConfigDict, workdir: str,
-                 step: int) -> dict[str, float]:
-        """Scorer accuracy and SNR of decode(mode(x)) on the first test examples; writes
-        ``samples/step_<N>/{original,recon}_<i>.wav`` for the first four."""
-        examples = load_test_examples(config, config.vae.eval_examples)
-        waves = np.stack([e["audio"] for e in examples]).astype(np.float32)
-        recon = reconstruct(model, waves)
-        if jax.process_index() == 0:
-            out = os.path.join(workdir, "samples", f"step_{step}")
-            for i in range(min(4, len(waves))):
-                sr = config.vae.audio.sample_rate
-                samples.save_wav(os.path.join(out, f"original_{i}.wav"), waves[i], sr)
-                samples.save_wav(os.path.join(out, f"recon_{i}.wav"), recon[i], sr)
-        return {"snr_db": samples.snr_db(waves, recon),
-                "recon_correct": samples.audio_accuracy(recon, [e["audio_pitches"]
-                                                                for e in examples])}
