@@ -13,5 +13,9 @@ Markers (``--strict-markers``: declare new ones in pyproject.toml): ``slow`` for
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The tests' models are tiny, so XLA's CPU compiler, not running them, is most of the suite's
+# time; its backend optimisation level 0 halves that (same programs, less LLVM optimisation).
+# Subprocesses get the same via tests/helpers.py:xla_flags. Benchmarks never run with it.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -32,9 +32,17 @@ def latentlm_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "latentlm_jax.cli.main", *args]
 
 
+def xla_flags(devices: int) -> str:
+    """XLA_FLAGS for a test process with ``devices`` host CPU devices, compiled like the tests'
+    own process (``TEST_XLA_FLAGS`` in tests/conftest.py)."""
+    from tests.conftest import TEST_XLA_FLAGS
+
+    return f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}"
+
+
 def one_device_env() -> dict[str, str]:
     """The environment for a CLI subprocess on one host CPU device."""
-    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    return dict(os.environ, XLA_FLAGS=xla_flags(1), JAX_PLATFORMS="cpu")
 
 
 def multiprocess_env(**extra: str) -> dict[str, str]:

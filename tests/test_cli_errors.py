@@ -24,8 +24,8 @@ from latentlm_jax.data.bad_input import (
     print_skip_summary,
     skip_summary,
 )
+from tests.helpers import ROOT, one_device_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LATENTLM = os.path.join(os.path.dirname(sys.executable), "latentlm")
 VAE_IMAGE = os.path.join(ROOT, "configs", "vae_image_tiny.py")
 LM_TINY = os.path.join(ROOT, "configs", "lm_tiny.py")
@@ -34,10 +34,8 @@ SMALL = ["--config.vae.image.channels=8", "--config.vae.image.channel_mult=(1, 2
 
 
 def latentlm(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)  # one device, as a user has
     return subprocess.run([LATENTLM, *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=ROOT)
+                          env=one_device_env(), cwd=ROOT)  # one device, as a user has
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:

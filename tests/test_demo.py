@@ -30,6 +30,7 @@ from latentlm_jax.generate.codecs import MediaCodec
 from latentlm_jax.modality import AUDIO, IMAGE, MODALITY_NAMES
 from latentlm_jax.vae.audio import AudioVAE
 from latentlm_jax.vae.image import ImageVAE
+from tests.helpers import one_device_env
 
 FULL = str(pipeline.configs_dir() / "demo.py")
 FAST = str(pipeline.configs_dir() / "demo_fast.py")
@@ -185,7 +186,7 @@ def test_codec_batched_path_matches_one_at_a_time():
 
 
 def _cli(*args, timeout=900):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = one_device_env()
     return subprocess.run([sys.executable, "-m", "latentlm_jax.cli.main", "demo", *args],
                           capture_output=True, text=True, env=env, timeout=timeout)
 
@@ -283,7 +284,7 @@ def test_fast_demo_end_to_end_then_reused(tmp_path):
 
     # `latentlm generate` on the demo's LatentLM: PNG / WAV files the σ-VAEs decoded, captions.
     def gen(*args):
-        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+        env = one_device_env()
         return subprocess.run([sys.executable, "-m", "latentlm_jax.cli.main", "generate",
                                "--workdir", str(workdir / "lm"), "--steps", "3", *args],
                               capture_output=True, text=True, env=env, timeout=300)

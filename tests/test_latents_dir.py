@@ -12,8 +12,8 @@ from latentlm_jax.config.base import base_config
 from latentlm_jax.config.loading import ConfigError, load_config_file
 from latentlm_jax.config.validate import validate
 from latentlm_jax.data import latents_dir as ld
+from tests.helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "latentlm_tiny.py")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,8 +16,8 @@ import soundfile as sf
 from PIL import Image
 
 from latentlm_jax.data.photo_like import write_manifest
+from tests.helpers import ROOT, latentlm_command, one_device_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_VAE = ["--config.vae.image.channels=8", "--config.vae.image.channel_mult=(1, 2)",
             "--config.vae.audio.channels=8", "--config.vae.eval_examples=8"]
 TINY_LM = ["--config.model.num_layers=1", "--config.model.emb_dim=32", "--config.model.mlp_dim=64",
@@ -30,10 +29,8 @@ SHORT = ["--config.train.global_batch_size=8", "--config.train.warmup_steps=1",
 
 
 def latentlm(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-               JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", "latentlm_jax.cli.main", *args], cwd=ROOT,
-                          capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(latentlm_command(*args), cwd=ROOT, capture_output=True, text=True,
+                          env=one_device_env(), timeout=300)
 
 
 def ok(proc: subprocess.CompletedProcess) -> str:

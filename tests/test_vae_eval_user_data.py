@@ -30,8 +30,8 @@ from latentlm_jax.vae.evaluation import (
     write_samples,
 )
 from latentlm_jax.vae.sources import first_usable, open_examples
+from tests.helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LM_TINY = os.path.join(ROOT, "configs", "lm_tiny.py")
 COLOURS = [(0, 128, 128), (200, 30, 90), (250, 220, 0), (20, 20, 160), (90, 160, 40)]
 
