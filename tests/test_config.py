@@ -148,3 +148,25 @@ def test_missing_latent_shards_are_one_line_before_the_workdir_exists(tmp_path):
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "config.data.latent_files: no latent shard matches" in lines[0]
     assert not (tmp_path / "w").exists()
+
+
+def test_a_run_saved_before_new_fields_loads_them_at_their_defaults(tmp_path):
+    """config.json of an older run lacks fields added since; loading it fills them (nested ones
+    too) with their defaults and keeps every value the run saved."""
+    import json
+
+    from latentlm_jax.train.checkpoint_io import load_run_config, save_run_config
+
+    c = load_config_file(LM_TINY)
+    c.train.num_steps = 7
+    save_run_config(c, str(tmp_path))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["data"]["max_image_pixels"], saved["vae"]["loss"]["stft_floor"], saved["metrics"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = load_run_config(str(tmp_path))
+    base = base_config()
+    assert loaded.data.max_image_pixels == base.data.max_image_pixels
+    assert loaded.vae.loss.stft_floor == base.vae.loss.stft_floor
+    assert loaded.metrics.to_dict() == base.metrics.to_dict()
+    assert loaded.train.num_steps == 7 and loaded.name == c.name
+    validate(loaded)

@@ -15,7 +15,6 @@ from typing import Any
 
 import ml_collections as mlc
 
-from latentlm_jax.config.base import base_config
 from latentlm_jax.config.loading import ConfigError, apply_overrides
 from latentlm_jax.config.validate import check_data_source, check_vae_data
 from latentlm_jax.data.bad_input import BadInputPolicy, DataError, skip_summary
@@ -43,17 +42,6 @@ def load_vae_run_config(workdir: str) -> mlc.ConfigDict:
     return config
 
 
-def _with_data_defaults(config: mlc.ConfigDict) -> mlc.ConfigDict:
-    """A copy whose data section has every current field (runs saved before a field existed)."""
-    config = mlc.ConfigDict(config.to_dict())
-    defaults = base_config().data
-    with config.data.unlocked():
-        for key in defaults:
-            if key not in config.data:
-                config.data[key] = defaults[key]
-    return config
-
-
 def data_config(args: argparse.Namespace, run_config: mlc.ConfigDict) -> mlc.ConfigDict:
     """The config whose ``data`` section names the data, checked against the σ-VAE."""
     overrides = getattr(args, "config_overrides", [])
@@ -62,7 +50,7 @@ def data_config(args: argparse.Namespace, run_config: mlc.ConfigDict) -> mlc.Con
 
         config = load_config(args)
     else:
-        config = apply_overrides(_with_data_defaults(run_config), overrides)
+        config = apply_overrides(mlc.ConfigDict(run_config.to_dict()), overrides)
         check_data_source(config.data)
     check_vae_data(run_config.task, config.data, run_config.vae)
     return config

@@ -10,17 +10,32 @@ import ml_collections as mlc
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from latentlm_jax.config.base import base_config
 from latentlm_jax.config.loading import ConfigError
 from latentlm_jax.train.setup import TrainSetup, build_setup
 
 
 def load_run_config(workdir: str) -> mlc.ConfigDict:
-    """The resolved config a run wrote to ``WORKDIR/config.json``."""
+    """The resolved config a run wrote to ``WORKDIR/config.json``. Fields added to the framework
+    after the run was made take their defaults, which keep the behaviour it was trained with, so
+    every command (generate, encode, eval, reconstruct) reads older runs alike."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise ConfigError("", f"{workdir} holds no config.json: is it a latentlm workdir?")
     with open(path, encoding="utf-8") as f:
-        return mlc.ConfigDict(json.load(f))
+        config = mlc.ConfigDict(json.load(f))
+    _fill_missing(config, base_config())
+    return config
+
+
+def _fill_missing(config: mlc.ConfigDict, defaults: mlc.ConfigDict) -> None:
+    """Adds, recursively and in place, every field of ``defaults`` that ``config`` lacks."""
+    for key, default in defaults.items():
+        if key not in config:
+            with config.unlocked():
+                config[key] = default
+        elif isinstance(default, mlc.ConfigDict) and isinstance(config[key], mlc.ConfigDict):
+            _fill_missing(config[key], default)
 
 
 def save_run_config(config: mlc.ConfigDict, workdir: str) -> None:
