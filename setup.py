@@ -30,6 +30,8 @@ setup(
         "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"],
         # libtpu at exactly the version this jax release pins.
         "tpu": ["jax[tpu]"],
+        # CUDA wheels of jaxlib's plugins for NVIDIA GPUs (launch/slurm_gpu.sbatch).
+        "cuda": ["jax[cuda]"],
     },
     entry_points={"console_scripts": ["latentlm=latentlm_jax.cli.main:main"]},
 )
