@@ -99,7 +99,8 @@ def test_mesh_resolution():
     c = base_config()
     c.mesh.ici.data, c.mesh.ici.fsdp, c.mesh.ici.tensor = 2, -1, 2
     ici, dcn = check_mesh(c, 8)
-    assert ici == {"data": 2, "fsdp": 2, "tensor": 2} and dcn == {"data": 1, "fsdp": 1, "tensor": 1}
+    assert ici == {"data": 2, "fsdp": 2, "context": 1, "tensor": 2}
+    assert dcn == {"data": 1, "fsdp": 1, "context": 1, "tensor": 1}
     c.mesh.dcn.data = 2
     ici, dcn = check_mesh(c, 16, num_slices=2)
     assert ici["fsdp"] == 2 and dcn["data"] == 2

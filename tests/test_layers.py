@@ -105,9 +105,7 @@ def test_block_matches_numpy():
     x = rng.normal(size=(2, 6, cfg.emb_dim)).astype(np.float32)
     pos = np.tile(np.arange(6), (2, 1)).astype(np.int32)
     seg = np.ones((2, 6), np.int32)
-    mask = layers.attention_mask(jnp.asarray(seg), jnp.asarray(seg), jnp.asarray(pos),
-                                 jnp.asarray(pos))
-    got = block(jnp.asarray(x), jnp.asarray(pos), mask)
+    got = block(jnp.asarray(x), jnp.asarray(pos), jnp.asarray(seg))
 
     p = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(block, nnx.Param)))
     h = np_rmsnorm(x, p["attn_norm"]["scale"], cfg.norm_eps)

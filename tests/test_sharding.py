@@ -91,7 +91,7 @@ def test_fsdp8_holds_an_eighth_of_params_and_optimizer_state():
 def test_mesh_fill_and_mismatch_errors():
     config = base_config()
     config.mesh.ici.data, config.mesh.ici.fsdp, config.mesh.ici.tensor = -1, 2, 2
-    assert dict(build_mesh(config).shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert dict(build_mesh(config).shape) == {"data": 2, "fsdp": 2, "context": 1, "tensor": 2}
     config.mesh.ici.data = 3
     with pytest.raises(ConfigError, match="mesh.ici"):
         build_mesh(config)

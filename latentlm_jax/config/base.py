@@ -13,7 +13,7 @@ from latentlm_jax.config.vae import vae_defaults
 # (logical axis, mesh axes) - first match wins; see latentlm_jax/parallel/logical.py.
 DEFAULT_RULES = (
     ("batch", ("data", "fsdp")),
-    ("length", None),
+    ("length", "context"),  # context parallelism: long sequences split over "context"
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
@@ -57,6 +57,10 @@ def base_config() -> mlc.ConfigDict:
     m.param_dtype = "float32"
     m.scan_layers = True
     m.remat_policy = "none"  # none | full | save_dots
+    # Attention implementation (docs/attention.md): xla (the reference: explicit scores and mask)
+    # | dot_product (jax.nn.dot_product_attention: cuDNN flash on GPU, XLA elsewhere)
+    # | splash (Pallas splash-attention kernel; TPU only)
+    m.attention = "xla"
     m.tie_embeddings = False
     m.init_std = 0.02
     # Continuous modalities (LatentLM). A latent dim of 0 switches the modality off; with both off
@@ -144,13 +148,25 @@ def base_config() -> mlc.ConfigDict:
     k.every_steps = 50
     k.keep = 3
     k.async_save = True
+    # Also save when this many minutes passed since the last save (0 = off): bounds the work a
+    # hard kill loses. Process 0's clock decides; every process saves the same step.
+    k.every_minutes = 0.0
+    # Multi-process runs agree on SIGTERM / every_minutes saves at steps divisible by this
+    # (docs/preemption.md); a preempted pod saves at most this many steps after the notice.
+    k.agree_every_steps = 1
 
     # ------------------------------------------------------------------ mesh & sharding
     mesh = c.mesh = mlc.ConfigDict()
-    mesh.axes = ("data", "fsdp", "tensor")
-    mesh.ici = mlc.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # -1 = fill
-    mesh.dcn = mlc.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})  # across slices / hosts
+    # "context" splits sequences (activations' "length") for context parallelism: attention
+    # all-gathers keys and values over it (docs/attention.md).
+    mesh.axes = ("data", "fsdp", "context", "tensor")
+    mesh.ici = mlc.ConfigDict({"data": -1, "fsdp": 1, "context": 1, "tensor": 1})  # -1 = fill
+    mesh.dcn = mlc.ConfigDict({"data": 1, "fsdp": 1, "context": 1, "tensor": 1})  # across slices
     c.sharding_rules = DEFAULT_RULES
+    # The TPU topology the config is sized for (e.g. "v5p:4x4x4", × target_slices slices joined
+    # by DCN); `latentlm bench memory` compiles for it by default. "" = none named.
+    c.target_topology = ""
+    c.target_slices = 1
 
     # ------------------------------------------------------------------ observability
     o = c.metrics = mlc.ConfigDict()

@@ -88,6 +88,7 @@ def check_values(config: mlc.ConfigDict) -> None:
     _choice(config, "model.dtype", ("float32", "bfloat16"))
     _choice(config, "model.param_dtype", ("float32",))
     _choice(config, "model.remat_policy", ("none", "full", "save_dots"))
+    _choice(config, "model.attention", ("xla", "dot_product", "splash"))
     _choice(config, "model.diffusion.schedule", ("cosine", "linear"))
     _choice(config, "model.diffusion.prediction", ("eps", "v"))
     _positive(config, "model.head.depth", "model.head.mlp_ratio", "model.diffusion.batch_mul")
@@ -145,14 +146,19 @@ def check_values(config: mlc.ConfigDict) -> None:
         raise ConfigError("train.grad_accum_steps",
                           f"global_batch_size={t.global_batch_size} is not divisible by "
                           f"grad_accum_steps={t.grad_accum_steps}")
-    _positive(config, "checkpoint.every_steps", "checkpoint.keep")
+    _positive(config, "checkpoint.every_steps", "checkpoint.keep", "checkpoint.agree_every_steps")
+    if config.checkpoint.every_minutes < 0:
+        raise ConfigError("checkpoint.every_minutes",
+                          f"must be ≥ 0 (0 = off), got {config.checkpoint.every_minutes}")
     if config.metrics.peak_tflops_per_device < 0:
         raise ConfigError("metrics.peak_tflops_per_device", "must be ≥ 0 (0 = calibrate)")
 
     axes = tuple(config.mesh.axes)
     for level in ("ici", "dcn"):
         for axis in config.mesh[level]:
-            if axis not in axes:
+            # A size-1 entry for an axis the mesh lacks shards nothing (runs made before the
+            # "context" axis existed list three axes and get context=1 from the defaults).
+            if axis not in axes and config.mesh[level][axis] != 1:
                 raise ConfigError(f"mesh.{level}.{axis}", f"not one of mesh.axes {axes}")
         for axis in axes:
             if axis not in config.mesh[level]:

@@ -12,9 +12,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from latentlm_jax.models.attention import (  # noqa: F401  (re-exported: the reference)
+    attention_mask,
+    cached_attention,
+    dot_product_attention,
+    self_attention,
+)
 from latentlm_jax.parallel.logical import constrain, param
-
-_NEG_INF = -1e30  # large finite negative: fully-masked rows stay NaN-free
 
 
 def normal_init(std: float):
@@ -92,42 +96,16 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return out.astype(x.dtype)
 
 
-def attention_mask(q_segment: jax.Array, kv_segment: jax.Array, q_pos: jax.Array,
-                   kv_pos: jax.Array, causal: bool = True) -> jax.Array:
-    """[B, 1, Lq, Lk] boolean mask: same non-padding segment and, if causal, key index ≤ query
-    index.
-
-    ``q_pos``/``kv_pos`` are indices in the row (or cache), not per-document positions.
-    """
-    same = (q_segment[:, :, None] == kv_segment[:, None, :]) & (kv_segment[:, None, :] > 0)
-    if causal:
-        same = same & (kv_pos[:, None, :] <= q_pos[:, :, None])
-    return same[:, None, :, :]
-
-
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Grouped-query attention. q [B, Lq, H, D]; k, v [B, Lk, K, D] with H % K == 0; mask
-    [B, 1, Lq, Lk]. Softmax in float32; returns [B, Lq, H, D] in q's dtype."""
-    b, lq, h, d = q.shape
-    kh = k.shape[2]
-    g = h // kh
-    qg = q.reshape(b, lq, kh, g, d)
-    scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k).astype(jnp.float32) / jnp.sqrt(d).astype(
-        jnp.float32)
-    scores = jnp.where(mask[:, :, None, :, :], scores, _NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1)
-    probs = jnp.where(mask[:, :, None, :, :], probs, 0.0).astype(v.dtype)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
-    return out.reshape(b, lq, h, d)
-
-
 class Attention(nnx.Module):
-    """Multi-head attention with grouped KV heads, RoPE, no biases."""
+    """Multi-head attention with grouped KV heads, RoPE, no biases. ``implementation`` is
+    ``model.attention`` (:mod:`latentlm_jax.models.attention`)."""
 
     def __init__(self, emb_dim: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
-                 rope_theta: float, init_std: float, dtype: Any, rngs: nnx.Rngs):
+                 rope_theta: float, init_std: float, dtype: Any, rngs: nnx.Rngs,
+                 implementation: str = "xla"):
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.rope_theta, self.dtype = rope_theta, dtype
+        self.implementation = implementation
         init = normal_init(init_std)
         self.q = param(init, rngs.params(), (emb_dim, num_heads, head_dim),
                        ("embed", "heads", "head_dim"))
@@ -155,9 +133,10 @@ class Attention(nnx.Module):
         y = jnp.einsum("blhd,hde->ble", attn, self.o[...].astype(self.dtype))
         return constrain(y, ("batch", "length", "act_embed"))
 
-    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        """Causal self-attention within packed documents (``segment_ids`` [B, L], 0 = padding)."""
         q, k, v = self.qkv(x, positions)
-        return self.out(dot_product_attention(q, k, v, mask))
+        return self.out(self_attention(q, k, v, segment_ids, self.implementation))
 
     def extend(self, x: jax.Array, positions: jax.Array, valid: jax.Array, cache: dict,
                start: jax.Array) -> tuple[jax.Array, dict]:
@@ -175,7 +154,8 @@ class Attention(nnx.Module):
         q_idx = start + jnp.arange(t)
         causal = jnp.arange(s)[None, :] <= q_idx[:, None]  # [T, S]
         mask = (causal[None] & valid[:, None, :])[:, None]  # [B, 1, T, S]
-        out = dot_product_attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask)
+        out = cached_attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask,
+                               self.implementation)
         return self.out(out), {"k": k_cache, "v": v_cache}
 
 

@@ -19,7 +19,6 @@ from latentlm_jax.models.layers import (
     Embed,
     RMSNorm,
     SwiGLU,
-    attention_mask,
 )
 from latentlm_jax.parallel.logical import constrain
 
@@ -38,12 +37,13 @@ class Block(nnx.Module):
         dt = compute_dtype(cfg)
         self.attn_norm = RMSNorm(cfg.emb_dim, eps=cfg.norm_eps, dtype=dt, rngs=rngs)
         self.attn = Attention(cfg.emb_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                              rope_theta=cfg.rope_theta, init_std=cfg.init_std, dtype=dt, rngs=rngs)
+                              rope_theta=cfg.rope_theta, init_std=cfg.init_std, dtype=dt, rngs=rngs,
+                              implementation=cfg.attention)
         self.mlp_norm = RMSNorm(cfg.emb_dim, eps=cfg.norm_eps, dtype=dt, rngs=rngs)
         self.mlp = SwiGLU(cfg.emb_dim, cfg.mlp_dim, init_std=cfg.init_std, dtype=dt, rngs=rngs)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
-        x = x + self.attn(self.attn_norm(x), positions, mask)
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        x = x + self.attn(self.attn_norm(x), positions, segment_ids)
         x = constrain(x, ("batch", "length", "act_embed"))
         x = x + self.mlp(self.mlp_norm(x))
         return constrain(x, ("batch", "length", "act_embed"))
@@ -93,18 +93,16 @@ class Decoder(nnx.Module):
         """x: input embeddings [B, L, E]; positions: per-document positions (RoPE) [B, L];
         segment_ids: packed-document ids, 0 = padding [B, L]."""
         x = constrain(x, ("batch", "length", "act_embed"))
-        idx = jnp.broadcast_to(jnp.arange(x.shape[1], dtype=jnp.int32), segment_ids.shape)
-        mask = attention_mask(segment_ids, segment_ids, idx, idx, causal=True)
         if self.scan_layers:
             graphdef, state = nnx.split(self.blocks)
 
             def body(h, layer_state):
-                return nnx.merge(graphdef, layer_state)(h, positions, mask), None
+                return nnx.merge(graphdef, layer_state)(h, positions, segment_ids), None
 
             x, _ = jax.lax.scan(_remat(body, self.remat_policy), x, state)
         else:
             for block in self.blocks:
-                call = _remat(lambda h, b=block: b(h, positions, mask), self.remat_policy)
+                call = _remat(lambda h, b=block: b(h, positions, segment_ids), self.remat_policy)
                 x = call(x)
         return self.final_norm(x)
 

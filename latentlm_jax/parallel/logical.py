@@ -94,6 +94,11 @@ def activation_rules(mesh: Mesh | None, rules: Rules) -> Iterator[None]:
         _CTX.value = prev
 
 
+def current_rules() -> tuple[Mesh, tuple] | None:
+    """``(mesh, rules)`` of the enclosing :func:`activation_rules`, or None outside one."""
+    return getattr(_CTX, "value", None)
+
+
 def constrain(x: jax.Array, names: LogicalNames) -> jax.Array:
     """``with_sharding_constraint`` by logical names; a no-op outside :func:`activation_rules`."""
     ctx = getattr(_CTX, "value", None)

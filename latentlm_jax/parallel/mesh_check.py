@@ -58,4 +58,18 @@ def check_mesh(config: mlc.ConfigDict, num_devices: int, num_slices: int = 1
     if config.task == "lm" and m.num_kv_heads % tensor and m.num_heads % tensor:
         raise ConfigError("model.num_heads", f"neither num_heads={m.num_heads} nor num_kv_heads="
                                              f"{m.num_kv_heads} divide over tensor={tensor}")
+    if config.task == "lm":
+        check_context(config, ici.get("context", 1) * dcn.get("context", 1))
     return ici, dcn
+
+
+def check_context(config: mlc.ConfigDict, context: int) -> None:
+    """Sequences split evenly over the "context" axis; the splash kernel needs whole 128-row
+    tiles on each device."""
+    seq_len = config.data.seq_len
+    if seq_len % context:
+        raise ConfigError("data.seq_len", f"{seq_len} does not split over context={context} "
+                                          f"(mesh.ici.context × mesh.dcn.context)")
+    if config.model.attention == "splash" and (seq_len // context) % 128:
+        raise ConfigError("data.seq_len", f"splash attention needs seq_len / context "
+                                          f"({seq_len} / {context}) to be a multiple of 128")

@@ -1,0 +1,236 @@
+"""Causal, packed-document attention with grouped KV heads, in three interchangeable
+implementations chosen by ``model.attention`` (docs/attention.md):
+
+- ``xla``: the reference. Explicit float32 scores [B, K, G, L, L] and a boolean [B, 1, L, L] mask.
+- ``dot_product``: :func:`jax.nn.dot_product_attention` with ``is_causal`` and a boolean
+  same-document mask; cuDNN's fused (flash) kernel on GPU for bf16/f16, XLA elsewhere.
+- ``splash``: the Pallas splash-attention kernel (TPU only) with segment ids and a causal mask,
+  under ``shard_map`` over the mesh's batch, heads and length axes; no [L, L] array exists.
+
+Every implementation returns zeros at padding queries (segment id 0), as the reference does.
+
+Context parallelism: activations' ``length`` dimension may be sharded over a mesh axis (the
+``("length", "context")`` rule). Queries stay length-sharded; keys and values are constrained to
+be whole along length, so XLA all-gathers them over that axis (``xla``/``dot_product``); the
+splash kernel gets its share of query blocks with the matching part of the causal mask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
+
+from latentlm_jax.config.loading import ConfigError
+from latentlm_jax.parallel.logical import constrain, current_rules, logical_to_mesh_spec
+
+IMPLEMENTATIONS = ("xla", "dot_product", "splash")
+_NEG_INF = -1e30  # large finite negative: fully-masked rows stay NaN-free
+_SPLASH_BLOCKS = (512, 256, 128)  # tile sizes tried, largest first; 128 = the TPU lane width
+
+
+# --- the reference ("xla") ----------------------------------------------------------------
+
+def attention_mask(q_segment: jax.Array, kv_segment: jax.Array, q_pos: jax.Array,
+                   kv_pos: jax.Array, causal: bool = True) -> jax.Array:
+    """[B, 1, Lq, Lk] boolean mask: same non-padding segment and, if causal, key index ≤ query
+    index.
+
+    ``q_pos``/``kv_pos`` are indices in the row (or cache), not per-document positions.
+    """
+    same = (q_segment[:, :, None] == kv_segment[:, None, :]) & (kv_segment[:, None, :] > 0)
+    if causal:
+        same = same & (kv_pos[:, None, :] <= q_pos[:, :, None])
+    return same[:, None, :, :]
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention. q [B, Lq, H, D]; k, v [B, Lk, K, D] with H % K == 0; mask
+    [B, 1, Lq, Lk]. Softmax in float32; returns [B, Lq, H, D] in q's dtype."""
+    b, lq, h, d = q.shape
+    kh = k.shape[2]
+    g = h // kh
+    qg = q.reshape(b, lq, kh, g, d)
+    scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k).astype(jnp.float32) / jnp.sqrt(d).astype(
+        jnp.float32)
+    scores = jnp.where(mask[:, :, None, :, :], scores, _NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = jnp.where(mask[:, :, None, :, :], probs, 0.0).astype(v.dtype)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
+    return out.reshape(b, lq, h, d)
+
+
+# --- the one entry point ------------------------------------------------------------------
+
+def self_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
+                   implementation: str = "xla") -> jax.Array:
+    """Causal attention within packed documents. q [B, L, H, D]; k, v [B, L, K, D] (H % K == 0);
+    segment_ids [B, L], 0 = padding (attends to nothing, output 0). Returns [B, L, H, D]."""
+    if implementation == "splash":
+        out = splash_attention(q, k, v, segment_ids)
+        return constrain(out, ("batch", "length", "act_heads", "head_dim"))
+    if implementation not in IMPLEMENTATIONS:
+        raise ConfigError("model.attention", f"must be one of {', '.join(IMPLEMENTATIONS)}; "
+                                             f"got {implementation!r}")
+    # Context parallelism: queries keep their length sharding, keys and values are gathered.
+    k = constrain(k, ("batch", None, "act_kv_heads", "head_dim"))
+    v = constrain(v, ("batch", None, "act_kv_heads", "head_dim"))
+    kv_segment = constrain(segment_ids, ("batch", None))
+    idx = jnp.broadcast_to(jnp.arange(q.shape[1], dtype=jnp.int32), segment_ids.shape)
+    if implementation == "xla":
+        mask = attention_mask(segment_ids, kv_segment, idx, constrain(idx, ("batch", None)))
+        out = dot_product_attention(q, k, v, mask)
+    else:
+        # Boolean same-document mask; causality comes from is_causal (cuDNN skips the blocks).
+        same = segment_ids[:, None, :, None] == kv_segment[:, None, None, :]
+        out = jax.nn.dot_product_attention(q, k, v, mask=same, is_causal=True,
+                                           implementation=_dot_product_backend(q))
+        out = _zero_padding(out, segment_ids)
+    return constrain(out, ("batch", "length", "act_heads", "head_dim"))
+
+
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                     implementation: str = "xla") -> jax.Array:
+    """Attention of a chunk q [B, T, H, D] over a KV cache k, v [B, S, K, D] with an explicit
+    boolean mask [B, 1, T, S] (decoding). ``xla`` is the reference; ``dot_product`` and
+    ``splash`` use :func:`jax.nn.dot_product_attention` (a chunk of T ≪ S queries has no [L, L]
+    matrix to avoid, and the splash kernel needs whole 128-row tiles). Queries that see no key
+    return 0, as in the reference."""
+    if implementation == "xla":
+        return dot_product_attention(q, k, v, mask)
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=None)
+    seen = jnp.any(mask, axis=(1, 3))  # [B, T]
+    return jnp.where(seen[:, :, None, None], out, 0)
+
+
+def _zero_padding(out: jax.Array, segment_ids: jax.Array) -> jax.Array:
+    return jnp.where((segment_ids > 0)[:, :, None, None], out, 0)
+
+
+def _target_platform() -> str:
+    """The platform the program is being built for: the mesh's devices under
+    :func:`~latentlm_jax.parallel.logical.activation_rules` (an ahead-of-time TPU topology on a CPU
+    host too), else the default backend."""
+    ctx = current_rules()
+    if ctx is not None:
+        return ctx[0].devices.flat[0].platform
+    return jax.default_backend()
+
+
+def _dot_product_backend(q: jax.Array) -> str | None:
+    """cuDNN's fused kernel on GPU for 16-bit inputs (it supports no float32); XLA otherwise."""
+    if _target_platform() in ("gpu", "cuda") and q.dtype in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+    return None
+
+
+# --- splash (TPU) ---------------------------------------------------------------------------
+
+_INTERPRET = False
+
+
+@contextlib.contextmanager
+def splash_interpreted() -> Iterator[None]:
+    """Within this context the splash kernel runs in Pallas interpret mode on any backend (slow;
+    for the tests, which check it against the reference on CPU)."""
+    global _INTERPRET
+    prev, _INTERPRET = _INTERPRET, True
+    try:
+        yield
+    finally:
+        _INTERPRET = prev
+
+
+def _block_size(local_len: int) -> int:
+    for b in _SPLASH_BLOCKS:
+        if local_len % b == 0:
+            return b
+    raise ConfigError("data.seq_len", f"splash attention needs the per-device sequence length "
+                                      f"({local_len}) to be a multiple of 128")
+
+
+@functools.lru_cache(maxsize=32)
+def _splash_kernel(num_heads: int, length: int, block: int, head_shards: int,
+                   q_seq_shards: int, interpret: bool):
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as sk,
+    )
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_mask as sm,
+    )
+
+    mask = sm.MultiHeadMask([sm.CausalMask((length, length)) for _ in range(num_heads)])
+    sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                          block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+                          block_q_dq=block, block_kv_dq=block)
+    # Concrete mask tables (not tracers of whichever trace first asked), so they can be cached.
+    with jax.ensure_compile_time_eval():
+        return sk.make_splash_mha(mask, block_sizes=sizes, head_shards=head_shards,
+                                  q_seq_shards=q_seq_shards, interpret=interpret)
+
+
+def _axes(entry) -> tuple[str, ...]:
+    return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                     segment_ids: jax.Array) -> jax.Array:
+    """:func:`self_attention` by the Pallas splash kernel; shapes as there."""
+    from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import (
+        SegmentIds,
+    )
+
+    platform = _target_platform()
+    if platform != "tpu" and not _INTERPRET:
+        raise ConfigError("model.attention", f"'splash' runs only on TPU, not on {platform}; "
+                                             f"use 'dot_product' or 'xla'")
+    b, length, h, d = q.shape
+    kh = k.shape[2]
+    # The kernel does not scale the logits; the query is scaled in float32 (exact for powers of 4).
+    q = (q.astype(jnp.float32) * (1.0 / math.sqrt(d))).astype(q.dtype)
+    q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))  # [B, heads, L, D]
+    ctx = current_rules()
+    if ctx is None:
+        mesh, q_spec = None, PartitionSpec()
+        head_shards = seq_shards = 1
+    else:
+        mesh, rules = ctx
+        q_spec = logical_to_mesh_spec(("batch", "act_heads", "length", "head_dim"), rules,
+                                      mesh.axis_names)
+        q_spec = PartitionSpec(*q_spec, *([None] * (4 - len(q_spec))))
+        head_shards = math.prod(mesh.shape[a] for a in _axes(q_spec[1]))
+        seq_shards = math.prod(mesh.shape[a] for a in _axes(q_spec[2]))
+    if h % head_shards:
+        head_shards, q_spec = 1, PartitionSpec(q_spec[0], None, q_spec[2], None)
+    if kh % head_shards:
+        # KV heads do not split like the query heads: give every query head its own KV head.
+        k, v = (jnp.repeat(x, h // kh, axis=1) for x in (k, v))
+    if length % seq_shards:
+        raise ConfigError("data.seq_len", f"{length} does not split over {seq_shards} "
+                                          f"context shards")
+    kernel = _splash_kernel(h, length, _block_size(length // seq_shards), head_shards,
+                            seq_shards, _INTERPRET)
+
+    def local(kern, q, k, v, q_seg, kv_seg):  # one example at a time, all local heads
+        return jax.vmap(kern, in_axes=(0, 0, 0, SegmentIds(0, 0)))(
+            q, k, v, SegmentIds(q_seg, kv_seg))
+
+    if mesh is None:
+        out = local(kernel, q, k, v, segment_ids, segment_ids)
+    else:
+        kv_spec = PartitionSpec(q_spec[0], q_spec[1], None, None)
+        kernel_spec = kernel.manual_sharding_spec(
+            NamedSharding(mesh, PartitionSpec(q_spec[1], q_spec[2])))
+        out = jax.shard_map(
+            local, mesh=mesh,
+            in_specs=(kernel_spec, q_spec, kv_spec, kv_spec, PartitionSpec(q_spec[0], q_spec[2]),
+                      PartitionSpec(q_spec[0], None)),
+            out_specs=q_spec, check_vma=False,
+        )(kernel, q, k, v, segment_ids, segment_ids)
+    return _zero_padding(jnp.swapaxes(out, 1, 2), segment_ids)
+
