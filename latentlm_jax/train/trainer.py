@@ -7,8 +7,6 @@ metrics / checkpoints / eval. The model, its loss and its data come from the con
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import time
 from typing import Any
 
@@ -18,6 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 
+from latentlm_jax import paths
 from latentlm_jax.config.validate import validate
 from latentlm_jax.data.bad_input import SkipTotals, pop_skip_counts, skip_summary
 from latentlm_jax.parallel import distributed
@@ -27,6 +26,7 @@ from latentlm_jax.parallel.mesh_check import check_mesh
 from latentlm_jax.train.data_checkpoint import DataRestore, DataSave
 from latentlm_jax.train.flops import calibrate_peak_tflops
 from latentlm_jax.train.metrics import MetricsWriter, format_duration, format_rate
+from latentlm_jax.train.preemption import SignalFlag, agreement
 from latentlm_jax.train.setup import build_setup
 
 log = logging.getLogger("latentlm")
@@ -46,29 +46,6 @@ class _Frozen:
 
     def get_state(self) -> Any:
         return self._state
-
-
-class _Preemption:
-    """Turns SIGTERM into a flag the loop checks after every step."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def to_global_batch(local: dict[str, np.ndarray], shardings: dict[str, NamedSharding],
@@ -92,7 +69,8 @@ def checkpoint_manager(workdir: str, config: mlc.ConfigDict) -> ocp.CheckpointMa
         enable_async_checkpointing=config.checkpoint.async_save,
         create=True,
     )
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+    # A URL (gs://...) stays a URL: Orbax writes through etils.epath / TensorStore.
+    return ocp.CheckpointManager(paths.join(workdir, "checkpoints"),
                                  options=options, item_names=("state", "data"))
 
 
@@ -106,7 +84,7 @@ def train(config: mlc.ConfigDict, workdir: str, stop_at: int | None = None,
     devices = list(jax.devices() if devices is None else devices)
     validate(config)
     check_mesh(config, len(devices), num_slices(devices))
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     setup = build_setup(config, devices)
     task, mesh, rules = setup.task, setup.mesh, config.sharding_rules
     graphdef, b_shardings = setup.graphdef, setup.batch_shardings
@@ -141,9 +119,10 @@ def train(config: mlc.ConfigDict, workdir: str, stop_at: int | None = None,
         manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(train_state),
             data=DataSave(_Frozen(iterator.get_state()))), force=True)
+        agreed.saved(step)
 
     try:
-        with activation_rules(mesh, rules), _Preemption() as preemption:
+        with activation_rules(mesh, rules), SignalFlag() as sigterm:
             step = start
             pending = None
             if step < total:  # compile ahead of time so step timings exclude compilation
@@ -151,6 +130,8 @@ def train(config: mlc.ConfigDict, workdir: str, stop_at: int | None = None,
                 t0 = time.perf_counter()
                 step_fn = step_fn.lower(train_state, pending).compile()
                 say(f"compiled the train step in {time.perf_counter() - t0:.1f}s")
+            # Every process decides alike when to save out of schedule (SIGTERM, every_minutes).
+            agreed = agreement(config, sigterm)
             window_t0 = run_t0 = time.perf_counter()
             while step < total:
                 if pending is None:
@@ -185,15 +166,18 @@ def train(config: mlc.ConfigDict, workdir: str, stop_at: int | None = None,
                     window_t0, window_steps, data_wait = time.perf_counter(), 0, 0.0
                 if config.train.eval_every and step % config.train.eval_every == 0:
                     evaluate(task, graphdef, train_state, config, workdir, step, writer)
-                if preemption.requested or (stop_at is not None and step >= stop_at < total):
+                decision = agreed.decide(step)
+                if decision.stop or (stop_at is not None and step >= stop_at < total):
                     save(step)
                     manager.wait_until_finished()
-                    reason = "SIGTERM" if preemption.requested else "stop_at"
+                    agreed.close()
+                    reason = agreed.reason() if decision.stop else "stop_at"
                     say(f"{reason}: saved checkpoint at step {step}; exiting")
                     _say_skipped(skipped)
                     return last
-                if step % config.checkpoint.every_steps == 0 or step == total:
+                if decision.save or step % config.checkpoint.every_steps == 0 or step == total:
                     save(step)
+            agreed.close()
         manager.wait_until_finished()
         say(f"done: {total} steps; checkpoints in {workdir}/checkpoints")
         _say_skipped(skipped)
