@@ -25,9 +25,13 @@ setup(
         "sentencepiece>=0.2",
         "matplotlib>=3.8",
         "tensorboardX>=2.6",
+        # the path layer (latentlm_jax/paths.py): gs:// workdirs and data (docs/storage.md)
+        "etils[epath]>=1.7",
+        "gcsfs>=2024.2",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"],
+        # gcp-storage-emulator: the in-memory bucket of tests/test_bucket.py
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "gcp-storage-emulator>=2024.8"],
         # libtpu at exactly the version this jax release pins.
         "tpu": ["jax[tpu]"],
         # CUDA wheels of jaxlib's plugins for NVIDIA GPUs (launch/slurm_gpu.sbatch).

@@ -11,10 +11,10 @@ needs to train on them (``data.latents_dir=DIR``; :mod:`latentlm_jax.data.latent
 from __future__ import annotations
 
 import argparse
-import os
 
 import ml_collections as mlc
 
+from latentlm_jax import paths
 from latentlm_jax.cli.common import quiet_logs
 from latentlm_jax.config.data_sources import USER_MEDIA_SOURCES
 from latentlm_jax.config.loading import ConfigError, apply_overrides
@@ -48,7 +48,7 @@ def describe_source(data: mlc.ConfigDict | None, split: str, seed: int) -> str:
     if data is None or data.source == "shapes_tones":
         return f"shapes_tones {split} split, seed {seed}"
     if data.source == "manifest":
-        return f"manifest {os.path.abspath(data.manifest)}"
+        return f"manifest {paths.as_str(data.manifest)}"
     return f"tfds {data.tfds_name}/{data.tfds_split}"
 
 
@@ -141,6 +141,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"not encoded: {n} example{'s' * (n != 1)} without {modality}")
     print_skip_summary(stats["skipped"])
     if descriptor:
-        print(f"descriptor: {descriptor} (train on it: latentlm train --config "
-              f"configs/latentlm_tiny.py:{args.out} --workdir DIR)")
+        if paths.is_url(args.out):  # ArrayRecord shards are read from a mount (docs/storage.md)
+            print(f"descriptor: {descriptor} (train on it from a gcsfuse mount of the bucket: "
+                  "latentlm train --config configs/latentlm_tiny.py:MOUNTED_FOLDER --workdir DIR)")
+        else:
+            print(f"descriptor: {descriptor} (train on it: latentlm train --config "
+                  f"configs/latentlm_tiny.py:{args.out} --workdir DIR)")
     return 0

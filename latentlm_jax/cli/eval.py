@@ -28,7 +28,8 @@ from latentlm_jax.config.loading import ConfigError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", action="append", required=True,
-                        help="a vae_image / vae_audio run directory (repeat to compare runs)")
+                        help="a vae_image / vae_audio run directory, or its export (repeat to "
+                             "compare runs)")
     add_data_arguments(parser)
     parser.add_argument("--examples", type=int, default=1000,
                         help="examples to reconstruct: the first usable ones (default 1000)")
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     from latentlm_jax.cli.vae_data import data_config, load_examples, load_vae_run_config
     from latentlm_jax.data.bad_input import BadInputPolicy, skip_summary
+    from latentlm_jax.paths import write_text
     from latentlm_jax.train.checkpoint_io import load_model
     from latentlm_jax.vae.diagnostics import (
         audio_diagnostics,
@@ -71,8 +73,7 @@ def run(args: argparse.Namespace) -> int:
                               run_config.vae.audio.sample_rate)
         result.update(workdir=workdir, step=step, examples=len(examples), task=run_config.task,
                       data=name, skipped=policy.counts())
-        with open(os.path.join(out_dir, "vae_eval.json"), "w") as f:
-            json.dump(result, f, indent=1)
+        write_text(os.path.join(out_dir, "vae_eval.json"), json.dumps(result, indent=1))
         written.append(f"{out_dir}/: vae_eval.json, " + _describe_files(files))
         results[f"{workdir} (step {step}, {len(examples)} examples of {name})"] = result
         if policy.counts():

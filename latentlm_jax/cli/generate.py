@@ -13,9 +13,9 @@ with its prompt and settings; :mod:`latentlm_jax.generate.bulk`). Prompts files:
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
+from latentlm_jax import paths
 from latentlm_jax.cli.common import quiet_logs
 from latentlm_jax.config.loading import ConfigError
 from latentlm_jax.generate.prompts import PromptRequest, read_prompts, single_prompt
@@ -24,7 +24,8 @@ OUTPUTS = ("image", "audio", "text")  # the latent modalities' names, and text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workdir", required=True, help="workdir of a trained LatentLM run")
+    parser.add_argument("--workdir", required=True,
+                        help="workdir of a trained LatentLM run, or its export (latentlm export)")
     parser.add_argument("--modality", default=None,
                         help="what to generate: image | audio | text (with --prompts-file: the "
                              "default for lines that name none)")
@@ -70,7 +71,7 @@ def check_request(args: argparse.Namespace) -> list[PromptRequest]:
             raise ConfigError("", "--modality text needs exactly one of --image PATH or "
                                   "--audio PATH")
         path = args.image or args.audio
-        if not os.path.isfile(path):
+        if not paths.is_file(path):
             raise ConfigError("", f"input file not found: {path}")
         return []
     if args.image or args.audio:
@@ -158,7 +159,7 @@ def _text_to_media(args, requests: list[PromptRequest], model, config, step: int
         rate = codecs[MODALITY_IDS[modality]].vae_config.vae.audio.sample_rate
         save_medium(path, modality, medium, rate)
 
-    settings = {"workdir": os.path.abspath(args.workdir), "step": step,
+    settings = {"workdir": paths.as_str(args.workdir), "step": step,
                 "weights": "raw" if args.no_ema else "ema", "sampler": opts.method,
                 "steps": opts.steps, "cfg_scale": opts.cfg_scale,
                 "temperature": opts.temperature}
@@ -173,7 +174,7 @@ def _text_to_media(args, requests: list[PromptRequest], model, config, step: int
 
     lines = run_batches(requests, args.batch_size, args.out, generate, save, settings, progress)
     print(f"wrote {len(lines)} files for {len(requests)} prompts to {args.out}; list: "
-          f"{os.path.join(args.out, MANIFEST)}")
+          f"{paths.join(args.out, MANIFEST)}")
     return 0
 
 

@@ -5,7 +5,6 @@ model with the framework's special tokens; use it with ``--config.data.tokenizer
 from __future__ import annotations
 
 import argparse
-import os
 
 from latentlm_jax.config.loading import ConfigError
 
@@ -28,7 +27,6 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("", str(e)) from e
     if not files:
         raise ConfigError("", f"no text file matches {args.text_files}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     try:
         path = train_sentencepiece(files, args.out, args.vocab_size, model_type=args.model_type)
     except (ValueError, RuntimeError, OSError) as e:

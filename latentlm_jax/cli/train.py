@@ -21,16 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check_input_files(config: mlc.ConfigDict, workdir: str = "") -> None:
     """Input files (a manifest, pre-encoded latents) must exist, and the workdir must be usable,
     before a workdir is made or anything compiles."""
-    import os
-
+    from latentlm_jax import paths
     from latentlm_jax.config.loading import ConfigError
 
-    if workdir and os.path.exists(workdir) and not os.path.isdir(workdir):
+    if workdir and paths.exists(workdir) and not paths.is_dir(workdir):
         raise ConfigError("", f"--workdir {workdir} is a file, not a directory")
-    if config.data.source == "manifest":
-        path = os.path.expanduser(config.data.manifest)
-        if not os.path.isfile(path):
-            raise ConfigError("data.manifest", f"no such file: {os.path.abspath(path)}")
+    if config.data.source == "manifest" and not paths.is_file(config.data.manifest):
+        raise ConfigError("data.manifest", f"no such file: {paths.as_str(config.data.manifest)}")
     if config.data.source == "tfds":  # opening it reads only its metadata
         from latentlm_jax.data.pipeline import make_source
         from latentlm_jax.modality import MODALITY_NAMES, VAE_TASKS
@@ -42,9 +39,11 @@ def check_input_files(config: mlc.ConfigDict, workdir: str = "") -> None:
 
         try:
             expand_paths(tuple(config.data.latent_files))
-        except (FileNotFoundError, ValueError) as e:
+        except FileNotFoundError as e:
             raise ConfigError("data.latent_files", f"{e} (make them with `latentlm encode`, or "
                                                    f"`make demo` for runs/demo/latents)") from e
+        except ValueError as e:  # none given, or in a bucket (URL_SHARDS)
+            raise ConfigError("data.latent_files", str(e)) from e
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,10 +56,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"data.latents_dir={config.data.latents_dir}: "
               + ", ".join(f"{f}={config.model[f]}" for f in LATENT_DIM_FIELDS.values()))
     check_input_files(config, args.workdir)
+    import jax
+
+    from latentlm_jax.parallel import distributed
     from latentlm_jax.train.checkpoint_io import save_run_config
     from latentlm_jax.train.trainer import train
 
-    save_run_config(config, args.workdir)
+    distributed.initialize(config)  # before process_index: only process 0 writes config.json
+    if jax.process_index() == 0:
+        save_run_config(config, args.workdir)
 
     train(config, args.workdir)
     return 0

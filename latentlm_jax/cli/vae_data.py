@@ -10,11 +10,11 @@ to ``data.bad_input`` (skipped and counted, or a one-line error).
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 import ml_collections as mlc
 
+from latentlm_jax import paths
 from latentlm_jax.config.loading import ConfigError, apply_overrides
 from latentlm_jax.config.validate import check_data_source, check_vae_data
 from latentlm_jax.data.bad_input import BadInputPolicy, DataError, skip_summary
@@ -33,7 +33,7 @@ def load_vae_run_config(workdir: str) -> mlc.ConfigDict:
     """The config of the σ-VAE run in ``workdir`` (a one-line error if it is not one)."""
     from latentlm_jax.train.checkpoint_io import load_run_config
 
-    if not os.path.isdir(workdir):
+    if not paths.is_dir(workdir):
         raise ConfigError("", f"--workdir {workdir} does not exist")
     config = load_run_config(workdir)
     if config.task not in VAE_TASKS.values():

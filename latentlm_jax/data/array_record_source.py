@@ -14,8 +14,6 @@ fields (e.g. ``height``/``width`` of the latent grid, ``label``).
 
 from __future__ import annotations
 
-import glob
-import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -24,6 +22,7 @@ import msgpack
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
+from latentlm_jax import paths
 from latentlm_jax.data.bad_input import BadInput
 from latentlm_jax.data.indexing import check_index
 from latentlm_jax.modality import MODALITY_IDS
@@ -98,32 +97,41 @@ def decode_record(data: bytes) -> dict[str, Any]:
     return record
 
 
-def write_latents(path: str, records: Iterable[dict[str, Any]], *, dtype: str = "float32") -> int:
+URL_SHARDS = ("ArrayRecord shards cannot be read from {url}: array_record's reader opens local "
+              "files only; mount the bucket (gcsfuse) and name the shards by their mounted path "
+              "(docs/storage.md)")
+
+
+def write_latents(path: paths.PathLike, records: Iterable[dict[str, Any]], *,
+                  dtype: str = "float32") -> int:
     """Write records to one ArrayRecord shard (one record per chunk, for random access).
-    Returns the number written."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    writer = ArrayRecordWriter(path, "group_size:1")
-    n = 0
-    try:
-        for record in records:
-            writer.write(encode_record(record, dtype=dtype))
-            n += 1
-    finally:
-        writer.close()
+    Returns the number written. A URL ``path`` is written locally, then uploaded."""
+    with paths.local_file_for_writing(path) as local:
+        writer = ArrayRecordWriter(local, "group_size:1")
+        n = 0
+        try:
+            for record in records:
+                writer.write(encode_record(record, dtype=dtype))
+                n += 1
+        finally:
+            writer.close()
     return n
 
 
-def expand_paths(paths: str | Sequence[str]) -> list[str]:
-    """Paths or glob patterns -> existing files, in order (each pattern's matches sorted)."""
-    patterns = [paths] if isinstance(paths, str) else list(paths)
+def expand_paths(shards: str | Sequence[str]) -> list[str]:
+    """Paths or glob patterns -> existing files, in order (each pattern's matches sorted).
+    Local files only (:data:`URL_SHARDS`: a ``ValueError`` for a URL)."""
+    patterns = [shards] if isinstance(shards, str) else list(shards)
     files: list[str] = []
     for pattern in patterns:
-        pattern = os.path.expanduser(str(pattern))
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if paths.is_url(pattern):
+            raise ValueError(URL_SHARDS.format(url=pattern))
+        matches = (paths.glob_files(pattern) if paths.has_glob(pattern)
+                   else [paths.as_str(pattern)])
         if not matches:
             raise FileNotFoundError(f"no latent shard matches {pattern!r}")
-        files.extend(os.path.abspath(m) for m in matches)
-    missing = [f for f in files if not os.path.isfile(f)]
+        files.extend(matches)
+    missing = [f for f in files if not paths.is_file(f)]
     if missing:
         raise FileNotFoundError(f"latent shard(s) not found: {missing}")
     if not files:

@@ -10,7 +10,6 @@ combined over processes. ``stats-<modality>.json`` holds what generation needs t
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from latentlm_jax import paths
 from latentlm_jax.data.array_record_source import write_latents
 from latentlm_jax.data.bad_input import (
     METRIC_PREFIX,
@@ -158,8 +158,8 @@ def encode_dataset(model, task: str, dataset: Sequence[dict[str, Any]], out_dir:
     mean = sums[0] / count
     std = np.sqrt(np.maximum(sums[1] / count - mean**2, 1e-12))
     normalised = ((stacked - mean) / std).astype(np.float32)
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, shard_name(modality, pi, pc))
+    paths.makedirs(out_dir)
+    path = paths.join(out_dir, shard_name(modality, pi, pc))
     write_latents(path, ({"latents": z, "caption": c, "modality": modality, "index": int(i)}
                          for z, c, i in zip(normalised, captions, kept, strict=True)))
     encoded, captioned, without_all, skipped_all = _from_counts_vector(counts)
@@ -171,8 +171,8 @@ def encode_dataset(model, task: str, dataset: Sequence[dict[str, Any]], out_dir:
              "vae_std": float(getattr(model, "std", 0.0)),
              "shards": [shard_name(modality, i, pc) for i in range(pc)]}
     if pi == 0:
-        with open(os.path.join(out_dir, f"stats-{modality}.json"), "w") as f:
-            json.dump(stats, f, indent=1)
+        paths.write_text(paths.join(out_dir, f"stats-{modality}.json"),
+                         json.dumps(stats, indent=1))
     return stats
 
 
@@ -202,8 +202,7 @@ def _from_counts_vector(v: np.ndarray) -> tuple[int, int, int, dict[str, int]]:
 
 
 def load_stats(out_dir: str, modality: str) -> dict[str, Any]:
-    with open(os.path.join(out_dir, f"stats-{modality}.json")) as f:
-        stats = json.load(f)
+    stats = json.loads(paths.read_text(paths.join(out_dir, f"stats-{modality}.json")))
     stats["mean"] = np.asarray(stats["mean"], np.float32)
     stats["std"] = np.asarray(stats["std"], np.float32)
     return stats

@@ -23,12 +23,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import ml_collections as mlc
 
+from latentlm_jax import paths
 from latentlm_jax.config.loading import ConfigError
 from latentlm_jax.modality import LATENT_DIM_FIELDS, LATENT_MODALITIES, MODALITY_NAMES
 
@@ -39,20 +39,19 @@ SPAN_OVERHEAD = 4
 
 
 def descriptor_path(latents_dir: str) -> str:
-    return os.path.join(latents_dir, DESCRIPTOR)
+    return str(paths.join(latents_dir, DESCRIPTOR))
 
 
 def read_descriptor(latents_dir: str) -> dict[str, Any]:
     """The descriptor of ``latents_dir``; a :class:`ConfigError` naming ``data.latents_dir``
     when there is none or it cannot be read."""
     path = descriptor_path(latents_dir)
-    if not os.path.isfile(path):
+    if not paths.is_file(path):
         raise ConfigError("data.latents_dir", f"no {DESCRIPTOR} in {latents_dir} (write one with "
                                               f"`latentlm encode --vae-workdir W --out "
                                               f"{latents_dir}`)")
     try:
-        with open(path, encoding="utf-8") as f:
-            desc = json.load(f)
+        desc = json.loads(paths.read_text(path))
         modalities = desc["modalities"]
         if desc.get("format") != FORMAT or not isinstance(modalities, dict):
             raise ValueError(f"format {desc.get('format')!r}, expected {FORMAT}")
@@ -63,9 +62,13 @@ def read_descriptor(latents_dir: str) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _locked(latents_dir: str) -> Iterator[None]:
-    """Two encodes (image, audio) into one folder at once must not lose each other's entry."""
-    os.makedirs(latents_dir, exist_ok=True)
-    with open(os.path.join(latents_dir, ".latents.lock"), "w") as lock:
+    """Two encodes (image, audio) into one folder at once must not lose each other's entry. A
+    bucket has no file locks: there encode one modality after the other (docs/storage.md)."""
+    paths.makedirs(latents_dir)
+    if paths.is_url(latents_dir):
+        yield
+        return
+    with paths.open_file(paths.join(latents_dir, ".latents.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -78,15 +81,11 @@ def update_descriptor(latents_dir: str, modality: str, entry: Mapping[str, Any])
     path = descriptor_path(latents_dir)
     with _locked(latents_dir):
         desc = {"format": FORMAT, "modalities": {}}
-        if os.path.isfile(path):
+        if paths.is_file(path):
             desc = read_descriptor(latents_dir)
         desc["modalities"][modality] = dict(entry)
         desc["modalities"] = dict(sorted(desc["modalities"].items()))
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(desc, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
+        paths.write_text(path, json.dumps(desc, indent=1) + "\n")
     return path
 
 
@@ -106,7 +105,7 @@ def descriptor_entry(stats: Mapping[str, Any], *, grid: tuple[int, ...], vae_wor
         "caption_field": caption_field,
         "without_modality": int(stats["without_modality"]),
         "skipped": dict(stats["skipped"]),
-        "vae_workdir": os.path.abspath(vae_workdir),
+        "vae_workdir": paths.as_str(vae_workdir),
         "vae_step": int(vae_step),
         "source": source,
         "media": dict(media),
@@ -121,8 +120,8 @@ def _fill(config: mlc.ConfigDict, field: str, value: Any, path: str) -> None:
     if not current:
         config[group][key] = value
         return
-    same = (tuple(os.path.abspath(p) for p in current) == tuple(value)
-            if isinstance(value, tuple) else os.path.abspath(current) == value)
+    same = (tuple(paths.as_str(p) for p in current) == tuple(value)
+            if isinstance(value, tuple) else paths.as_str(current) == value)
     if not same:
         raise ConfigError(field, f"{current!r} disagrees with {path} ({value!r}); leave it empty "
                                  "when data.latents_dir is set")
@@ -141,7 +140,7 @@ def resolve_latents_dir(config: mlc.ConfigDict) -> dict[str, Any] | None:
     d = config.data
     if not d.latents_dir:
         return None
-    root = os.path.abspath(d.latents_dir)
+    root = paths.as_str(d.latents_dir)
     desc = read_descriptor(root)
     path = descriptor_path(root)
     entries = desc["modalities"]
@@ -162,9 +161,9 @@ def resolve_latents_dir(config: mlc.ConfigDict) -> dict[str, Any] | None:
                                                 f"{path}, which have dim {entry['latent_dim']} "
                                                 f"(set it to {entry['latent_dim']}, or to 0 to "
                                                 "take it from there)")
-        files.extend(os.path.join(root, s) for s in entry["shards"])
+        files.extend(str(paths.join(root, s)) for s in entry["shards"])
         for name_ in (entry["stats"], *entry["shards"]):
-            if not os.path.isfile(os.path.join(root, name_)):
+            if not paths.is_file(paths.join(root, name_)):
                 raise ConfigError("data.latents_dir", f"{path} names {name_}, which is not in "
                                                       f"{root}")
         vae_field = f"{name}_vae_workdir"
@@ -188,7 +187,7 @@ def _check_vae(workdir: str, entry: Mapping[str, Any], name: str) -> None:
     from latentlm_jax.train.checkpoint_io import latest_step
 
     field = f"data.{name}_vae_workdir"
-    if not os.path.isfile(os.path.join(workdir, "config.json")):
+    if not paths.is_file(paths.join(workdir, "config.json")):
         raise ConfigError(field, f"{workdir} is not a σ-VAE workdir (no config.json); the "
                                  f"{name} latents were encoded by {entry['vae_workdir']}")
     step = latest_step(workdir)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from latentlm_jax import paths
 from latentlm_jax.data.bad_input import BadInput, NotApplicable
 from latentlm_jax.data.indexing import check_index
 from latentlm_jax.data.media import DEFAULT_MAX_IMAGE_PIXELS, load_audio, load_image
@@ -55,10 +56,10 @@ class ManifestSource:
     ):
         if only is not None and only not in KEYS:
             raise ValueError(f"only must be one of {KEYS}, got {only!r}")
-        self.path = os.path.abspath(os.path.expanduser(path))
-        if not os.path.isfile(self.path):
+        self.path = paths.as_str(path)
+        if not paths.is_file(self.path):
             raise FileNotFoundError(f"manifest not found: {self.path}")
-        self.root = os.path.dirname(self.path)
+        self.root = str(paths.resolve(self.path).parent)
         self.image_resolution = image_resolution
         self.sample_rate = sample_rate
         self.num_samples = num_samples
@@ -73,7 +74,7 @@ class ManifestSource:
         i = check_index(index, len(self), "manifest examples")
         line = int(self._line_numbers[i])
         where = f"manifest:{self.path}:{line}"
-        with open(self.path, "rb") as f:
+        with paths.open_file(self.path, "rb") as f:
             f.seek(int(self._starts[i]))
             raw = f.read(int(self._ends[i] - self._starts[i]))
         try:
@@ -120,7 +121,11 @@ class ManifestSource:
     def _resolve(self, value: Any, key: str) -> str:
         if not isinstance(value, str) or not value.strip():
             raise BadInput("bad_field", f'"{key}" must be a non-empty path string, got {value!r}')
-        return os.path.join(self.root, os.path.expanduser(value))
+        if paths.is_url(value):
+            return value
+        if paths.is_url(self.root):  # a manifest in a bucket: its relative paths too
+            return str(paths.join(self.root, value))
+        return os.path.join(self.root, os.path.expanduser(value))  # an absolute path stays
 
     def __repr__(self) -> str:
         return f"ManifestSource({self.path!r}, {len(self)} examples)"
@@ -154,7 +159,7 @@ def index_lines(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     line_start = 0  # absolute start of the line not yet terminated
     line_no = 1
     carried = 0  # non-whitespace bytes of that line seen in earlier chunks
-    with open(path, "rb") as f:
+    with paths.open_file(path, "rb") as f:
         while buf := f.read(_CHUNK):
             a = np.frombuffer(buf, np.uint8)
             counts = np.concatenate([[0], np.cumsum(_IS_CONTENT[a], dtype=np.int64)])

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import struct
 import warnings
 
@@ -25,6 +24,7 @@ import soundfile as sf
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy.signal import resample_poly
 
+from latentlm_jax import paths
 from latentlm_jax.data.bad_input import BadInput
 
 # The default of data.max_image_pixels (2^27 ≈ 134 MP): above any camera's photo (100-MP medium
@@ -36,7 +36,7 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def _require_file(path: str) -> None:
-    if not os.path.isfile(path):
+    if not paths.is_file(path):
         raise BadInput("missing_file", "no such file", file=path)
 
 
@@ -47,8 +47,7 @@ def load_image(path: str, resolution: int | None,
                max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read any image Pillow reads as ``uint8[resolution, resolution, 3]``."""
     _require_file(path)
-    with open(path, "rb") as f:
-        data = f.read()
+    data = paths.read_bytes(path)
     return decode_image_bytes(data, resolution, file=path, max_pixels=max_pixels)
 
 
@@ -169,7 +168,7 @@ def load_audio(path: str, sample_rate: int, num_samples: int) -> np.ndarray:
     if path.lower().endswith((".wav", ".wave")):
         _check_wav_chunks(path)
     try:
-        with sf.SoundFile(path) as f:
+        with paths.open_file(path, "rb") as stream, sf.SoundFile(stream) as f:
             rate, declared = int(f.samplerate), int(f.frames)
             wanted = declared
             if num_samples > 0:
@@ -250,8 +249,9 @@ def _input_frames_needed(num_samples: int, source_rate: int, target_rate: int) -
 
 def _check_wav_chunks(path: str) -> None:
     """libsndfile silently reads a truncated WAV: compare the data chunk's size to the file's."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    with paths.open_file(path, "rb") as f:
+        size = f.seek(0, io.SEEK_END)
+        f.seek(0)
         head = f.read(12)
         if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
             return  # not plain RIFF/WAVE (RF64, W64, ...): leave it to libsndfile

@@ -17,6 +17,8 @@ import os
 
 import numpy as np
 
+from latentlm_jax import paths
+
 COLORS = {"red": (200, 40, 40), "green": (40, 160, 60), "blue": (40, 70, 200),
           "yellow": (230, 200, 40), "purple": (130, 50, 160), "orange": (240, 130, 30),
           "white": (235, 235, 235), "black": (25, 25, 25)}
@@ -110,25 +112,26 @@ def write_manifest(out_dir: str, *, images: int, audio: int = 0, seed: int = 0,
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+    paths.makedirs(paths.join(out_dir, "images"))
     lines = []
     for i in range(images):
         pixels, caption = photo(rng)
         name = f"images/{i:05d}.png"
-        Image.fromarray(pixels).save(os.path.join(out_dir, name))
+        with paths.open_file(paths.join(out_dir, name), "wb") as f:
+            Image.fromarray(pixels).save(f, format="PNG")
         lines.append({"text": caption, "image": name})
     if audio:
         import soundfile
 
-        os.makedirs(os.path.join(out_dir, "audio"), exist_ok=True)
+        paths.makedirs(paths.join(out_dir, "audio"))
         for i in range(audio):
             wave, caption = tone(rng, sample_rate, seconds)
             name = f"audio/{i:04d}.wav"
-            soundfile.write(os.path.join(out_dir, name), wave, sample_rate, subtype="PCM_16")
+            with paths.open_file(paths.join(out_dir, name), "wb") as f:
+                soundfile.write(f, wave, sample_rate, subtype="PCM_16", format="WAV")
             lines.append({"text": caption, "audio": name})
-    path = os.path.join(out_dir, "manifest.jsonl")
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(line) + "\n" for line in lines)
+    path = os.path.join(out_dir, "manifest.jsonl")  # (a URL stays one)
+    paths.write_text(path, "".join(json.dumps(line) + "\n" for line in lines))
     return path
 
 
@@ -136,8 +139,7 @@ def write_prompts(path: str, n: int, seed: int) -> str:
     """``n`` captions of scenes drawn with ``seed`` (another seed than the manifest's gives
     scenes not in it), one per line: a prompts file for ``latentlm generate``."""
     rng = np.random.default_rng(seed)
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(photo(rng)[1] + "\n" for _ in range(n))
+    paths.write_text(path, "".join(photo(rng)[1] + "\n" for _ in range(n)))
     return path
 
 

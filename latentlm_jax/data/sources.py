@@ -15,13 +15,14 @@ not valid UTF-8 raises :class:`~latentlm_jax.data.bad_input.BadInput` (``invalid
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from latentlm_jax import paths
 from latentlm_jax.data.bad_input import BadInput
 from latentlm_jax.data.indexing import check_index
 from latentlm_jax.data.manifest import check_text, index_lines
@@ -92,21 +93,21 @@ class ShapesTonesSource:
 
 
 def expand_paths(patterns: str | Sequence[str]) -> list[str]:
-    """Paths and globs -> sorted absolute paths (each glob sorted, order of patterns kept)."""
+    """Paths and globs (local or URLs) -> sorted absolute paths (each glob sorted, order of
+    patterns kept)."""
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-    paths: list[str] = []
+    found: list[str] = []
     for pattern in patterns:
-        pattern = os.path.expanduser(pattern)
-        if glob.has_magic(pattern):
-            matches = sorted(glob.glob(pattern))
+        if paths.has_glob(pattern):
+            matches = paths.glob_files(pattern)
             if not matches:
                 raise FileNotFoundError(f"no file matches {pattern!r}")
-            paths.extend(matches)
-        elif os.path.isfile(pattern):
-            paths.append(pattern)
+            found.extend(matches)
+        elif paths.is_file(pattern):
+            found.append(paths.as_str(pattern))
         else:
             raise FileNotFoundError(f"text file not found: {pattern}")
-    return [os.path.abspath(p) for p in paths]
+    return found
 
 
 class TextFileSource:
@@ -134,6 +135,7 @@ class TextFileSource:
         if len(self._starts) > MAX_SOURCE_LEN:
             raise ValueError(f"{len(self._starts)} lines: more than {MAX_SOURCE_LEN} documents")
         self._fds: dict[int, int] = {}
+        self._remote: dict[int, tuple[Any, threading.Lock]] = {}  # URL: open object, its lock
 
     def __len__(self) -> int:
         return int(self._starts.shape[0])
@@ -147,12 +149,26 @@ class TextFileSource:
                 os.close(new)
         return fd
 
+    def _read(self, k: int, start: int, size: int) -> bytes:
+        if paths.is_url(self.paths[k]):  # an object in a bucket, kept open (its read-ahead cache)
+            entry = self._remote.get(k)
+            if entry is None:  # two reader threads may race here; keep one handle
+                new = (paths.open_file(self.paths[k], "rb"), threading.Lock())
+                entry = self._remote.setdefault(k, new)
+                if entry is not new:
+                    new[0].close()
+            f, lock = entry
+            with lock:  # seek + read on one shared handle
+                f.seek(start)
+                return f.read(size)
+        return os.pread(self._fd(k), size, start)  # positionless: safe across threads
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         i = check_index(index, len(self), "documents")
         k, line = int(self._files[i]), int(self._lines[i])
         start, end = int(self._starts[i]), int(self._ends[i])
         where = f"text_file:{self.paths[k]}:{line}"
-        raw = os.pread(self._fd(k), end - start, start)  # positionless: safe across threads
+        raw = self._read(k, start, end - start)
         if raw.endswith(b"\r"):
             raw = raw[:-1]
         if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
@@ -168,13 +184,16 @@ class TextFileSource:
     # Open file descriptors do not travel to Grain worker processes; each opens its own.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_fds"] = {}
+        state["_fds"], state["_remote"] = {}, {}
         return state
 
     def __del__(self) -> None:
         for fd in getattr(self, "_fds", {}).values():
             with contextlib.suppress(OSError):
                 os.close(fd)
+        for f, _ in getattr(self, "_remote", {}).values():
+            with contextlib.suppress(Exception):
+                f.close()
 
     def __repr__(self) -> str:
         return f"TextFileSource({len(self.paths)} files, {len(self)} documents)"

@@ -13,9 +13,11 @@ inserted by id (``tok.bos_id``, …) by the sequence builders, and ``decode`` dr
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
+from latentlm_jax import paths
 from latentlm_jax.modality import SPECIAL_TOKENS
 
 NUM_SPECIAL = len(SPECIAL_TOKENS)
@@ -105,10 +107,11 @@ class SentencePieceTokenizer(_SpecialIds):
     def __init__(self, model_path: str):
         import sentencepiece as spm
 
-        self.model_path = os.path.abspath(os.path.expanduser(model_path))
-        if not os.path.isfile(self.model_path):
+        self.model_path = paths.as_str(model_path)
+        if not paths.is_file(self.model_path):
             raise FileNotFoundError(f"SentencePiece model not found: {self.model_path}")
-        self._sp = spm.SentencePieceProcessor(model_file=self.model_path)
+        # from bytes, so a model in a bucket loads like a local one
+        self._sp = spm.SentencePieceProcessor(model_proto=paths.read_bytes(self.model_path))
         self.vocab_size = int(self._sp.get_piece_size())
         found = tuple(self._sp.id_to_piece(i) for i in range(min(NUM_SPECIAL, self.vocab_size)))
         if found != SPECIAL_TOKENS or not all(self._sp.is_control(i) for i in range(NUM_SPECIAL)):
@@ -153,15 +156,39 @@ def train_sentencepiece(
     if not files:
         raise ValueError("train_sentencepiece needs at least one text file")
     for path in files:
-        if not os.path.isfile(path):
+        if not paths.is_file(path):
             raise FileNotFoundError(f"training text not found: {path}")
     minimum = NUM_SPECIAL + 1 + 256
     if vocab_size <= minimum:
         raise ValueError(f"vocab_size must exceed {minimum} (specials, <unk>, 256 byte pieces), "
                          f"got {vocab_size}")
-    os.makedirs(os.path.dirname(os.path.abspath(model_prefix)), exist_ok=True)
+    # SentencePiece reads and writes local files only: text in a bucket is streamed to it line
+    # by line, and a model for a bucket is trained into a temporary folder, then copied there.
+    remote_in = any(paths.is_url(p) for p in files)
+    source = ({"sentence_iterator": _lines(files)} if remote_in
+              else {"input": ",".join(files)})
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix = (os.path.join(tmp, "model") if paths.is_url(model_prefix)
+                  else paths.as_str(model_prefix))
+        paths.makedirs(os.path.dirname(prefix))
+        _train(spm, source, prefix, vocab_size, model_type, num_threads)
+        if prefix != paths.as_str(model_prefix):
+            for ext in (".model", ".vocab"):
+                paths.copy_file(prefix + ext, model_prefix + ext)
+    return model_prefix + ".model"
+
+
+def _lines(files: Sequence[str]) -> Iterator[str]:
+    for path in files:
+        with paths.open_file(path) as f:
+            for line in f:
+                yield line.rstrip("\n")
+
+
+def _train(spm, source: dict, model_prefix: str, vocab_size: int, model_type: str,
+           num_threads: int) -> None:
     spm.SentencePieceTrainer.train(
-        input=",".join(files),
+        **source,
         model_prefix=model_prefix,
         vocab_size=vocab_size,
         model_type=model_type,
@@ -180,7 +207,6 @@ def train_sentencepiece(
         num_threads=num_threads,
         minloglevel=2,
     )
-    return model_prefix + ".model"
 
 
 def make_tokenizer(data_config) -> Tokenizer:

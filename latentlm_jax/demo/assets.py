@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from latentlm_jax import paths
 from latentlm_jax.demo.plots import plot_stage, read_metrics, spectrogram_rgb
 from latentlm_jax.demo.results import DemoResults
 
@@ -67,8 +68,7 @@ def data_uri(mime: str, data: bytes) -> str:
 
 
 def _write(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
+    paths.write_bytes(path, data)
 
 
 def _slug(text: str) -> str:
@@ -98,19 +98,17 @@ _OWNED_PREFIXES = ("t2i_", "i2t_", "a2t_", "t2a_", "spec_", "loss_")
 def _clean(out_dir: str) -> None:
     """Removes files an earlier report wrote, so a smaller rerun leaves no stale samples behind."""
     for sub in (out_dir, os.path.join(out_dir, "images"), os.path.join(out_dir, "audio")):
-        if not os.path.isdir(sub):
-            continue
-        for name in os.listdir(sub):
+        for name in paths.listdir(sub):
             if name.startswith(_OWNED_PREFIXES) and name.endswith((".png", ".wav")):
-                os.remove(os.path.join(sub, name))
+                paths.remove(os.path.join(sub, name))
 
 
 def write_assets(results: DemoResults, out_dir: str) -> Assets:
     """Writes the loss-curve PNGs and the sample files (PNG / WAV / spectrogram PNG) under
     ``out_dir``, after removing those an earlier report wrote."""
     _clean(out_dir)
-    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
-    os.makedirs(os.path.join(out_dir, "audio"), exist_ok=True)
+    paths.makedirs(os.path.join(out_dir, "images"))
+    paths.makedirs(os.path.join(out_dir, "audio"))
     plots, last_values = [], []
     for i, st in enumerate(results.stages):
         metrics = read_metrics(st.metrics_path)

@@ -18,6 +18,7 @@ import jax
 import ml_collections as mlc
 import numpy as np
 
+from latentlm_jax import paths
 from latentlm_jax.data import scoring
 from latentlm_jax.data.shapes_tones import (
     ShapesTones,
@@ -203,33 +204,29 @@ def generate_stage(lm_dir: str, out_dir: str, results_path: str, gen: mlc.Config
                    targets: Mapping[str, float], say: Say) -> bool:
     """Generates, scores and saves (``results_path`` JSON + ``out_dir/samples.npz``); reused when
     the LatentLM checkpoint and the generation settings are those of a complete earlier run."""
-    with open(os.path.join(lm_dir, "config.json"), encoding="utf-8") as f:
-        lm_config = json.load(f)
+    lm_config = json.loads(paths.read_text(os.path.join(lm_dir, "config.json")))
     step = checkpoint_step(lm_dir)
     settings = gen.to_dict()
     key = fingerprint({"lm": fingerprint(lm_config), "step": step, "generate": settings,
                        "seed": seed})
-    if marker_matches(out_dir, key) and os.path.exists(results_path):
+    if marker_matches(out_dir, key) and paths.exists(results_path):
         say(f"reusing the samples and scores in {out_dir} and {results_path}")
         return True
     clear_marker(out_dir)
     records, arrays = generate_samples(lm_dir, gen, seed, say)
     results = {"lm_step": step, "seed": seed, "generate": settings,
                "scores": summarise(records), "targets": dict(targets), "samples": records}
-    os.makedirs(out_dir, exist_ok=True)
-    np.savez_compressed(os.path.join(out_dir, "samples.npz"), **arrays)
-    tmp = results_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, results_path)
+    paths.makedirs(out_dir)
+    with paths.open_file(os.path.join(out_dir, "samples.npz"), "wb") as f:
+        np.savez_compressed(f, **arrays)
+    paths.write_text(results_path, json.dumps(results, indent=1))
     write_marker(out_dir, {"key": key, "lm_step": step})
     return False
 
 
 def load_results(results_path: str, out_dir: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(results.json, the arrays of samples.npz) as ``generate_stage`` wrote them."""
-    with open(results_path, encoding="utf-8") as f:
-        results = json.load(f)
-    with np.load(os.path.join(out_dir, "samples.npz")) as data:
+    results = json.loads(paths.read_text(results_path))
+    with paths.open_file(os.path.join(out_dir, "samples.npz"), "rb") as f, np.load(f) as data:
         arrays = {k: data[k] for k in data.files}
     return results, arrays

@@ -12,6 +12,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from latentlm_jax import paths
+
 DONE = "DONE"
 
 
@@ -25,19 +27,15 @@ def read_marker(directory: str) -> dict[str, Any] | None:
     """The marker's content, or ``None`` when there is none (or it is unreadable)."""
     path = os.path.join(directory, DONE)
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(paths.read_text(path))
     except (OSError, ValueError):
         return None
 
 
 def write_marker(directory: str, content: Mapping[str, Any]) -> None:
     """Written last, atomically: its presence means everything else in ``directory`` is there."""
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, DONE + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(dict(content), f, indent=1, sort_keys=True)
-    os.replace(tmp, os.path.join(directory, DONE))
+    paths.write_text(os.path.join(directory, DONE),
+                     json.dumps(dict(content), indent=1, sort_keys=True))
 
 
 def marker_matches(directory: str, key: str) -> bool:
@@ -48,6 +46,4 @@ def marker_matches(directory: str, key: str) -> bool:
 
 def clear_marker(directory: str) -> None:
     """Removes the marker before a stage (re)writes ``directory``."""
-    path = os.path.join(directory, DONE)
-    if os.path.exists(path):
-        os.remove(path)
+    paths.remove(os.path.join(directory, DONE))

@@ -32,6 +32,7 @@ from typing import Any
 
 import ml_collections as mlc
 
+from latentlm_jax import paths as path_layer
 from latentlm_jax.config.loading import ConfigError
 from latentlm_jax.config.validate import validate
 from latentlm_jax.demo.generation import (
@@ -126,9 +127,9 @@ def stage_configs(c: mlc.ConfigDict, workdir: str) -> dict[str, mlc.ConfigDict]:
         lm.model[LATENT_DIM_FIELDS[m]] = LATENT_SHAPES[m](out[VAE_TASKS[m]].vae)[-1]
     lm.data.source = "latents"
     lm.data.latent_files = latent_files(os.path.join(workdir, "latents"))
-    lm.data.latent_stats_dir = os.path.abspath(os.path.join(workdir, "latents"))
+    lm.data.latent_stats_dir = path_layer.as_str(os.path.join(workdir, "latents"))
     for m in LATENT_MODALITIES:
-        lm.data[f"{MODALITY_NAMES[m]}_vae_workdir"] = os.path.abspath(
+        lm.data[f"{MODALITY_NAMES[m]}_vae_workdir"] = path_layer.as_str(
             os.path.join(workdir, VAE_TASKS[m]))
     return out
 
@@ -140,15 +141,14 @@ def _times_path(workdir: str) -> str:
 
 def _load_times(workdir: str) -> dict[str, float]:
     try:
-        with open(_times_path(workdir), encoding="utf-8") as f:
-            return {k: float(v) for k, v in json.load(f).items()}
+        text = path_layer.read_text(_times_path(workdir))
+        return {k: float(v) for k, v in json.loads(text).items()}
     except (OSError, ValueError):
         return {}
 
 
 def _save_times(workdir: str, times: dict[str, float]) -> None:
-    with open(_times_path(workdir), "w", encoding="utf-8") as f:
-        json.dump(times, f, indent=1)
+    path_layer.write_text(_times_path(workdir), json.dumps(times, indent=1))
 
 
 # ---------------------------------------------------------------------------------- running
@@ -168,7 +168,7 @@ def run_demo(c: mlc.ConfigDict, workdir: str, say: Callable[[str], None] = print
     """Runs (or resumes) the six stages in ``workdir``; see the module docstring."""
     check_demo_config(c)
     t_run = time.perf_counter()
-    os.makedirs(workdir, exist_ok=True)
+    path_layer.makedirs(workdir)
     cfgs = stage_configs(c, workdir)
     paths = {name: os.path.join(workdir, name) for name in TRAINING}
     latents_dir = os.path.join(workdir, "latents")
@@ -222,7 +222,8 @@ def run_demo(c: mlc.ConfigDict, workdir: str, say: Callable[[str], None] = print
     say(f"\nScores on the test split (LatentLM step {results['lm_step']}; stages took "
         f"{format_duration(demo.total_seconds)} in all, this run {format_duration(seconds)}):\n")
     say(table)
-    say(f"\nReport: {os.path.abspath(report['html'])}  (and {os.path.abspath(report['markdown'])})")
+    say(f"\nReport: {path_layer.as_str(report['html'])}  "
+        f"(and {path_layer.as_str(report['markdown'])})")
     return DemoOutcome(reused, report, results["scores"], table, seconds)
 
 
@@ -230,16 +231,13 @@ def _lm_stage(cfg: mlc.ConfigDict, workdir: str, latents_dir: str, say, devices)
     """Train the LatentLM, refusing to continue one that was trained on other latents."""
     marker = read_marker(latents_dir) or {}
     inputs = os.path.join(workdir, "latents_key.txt")
-    if os.path.exists(inputs):
-        with open(inputs, encoding="utf-8") as f:
-            if f.read().strip() != marker.get("key"):
-                raise StageError(
-                    f"{workdir} holds a LatentLM trained on other latents (the σ-VAEs or the "
-                    f"encode settings changed); use a fresh --workdir, or delete {workdir}")
+    if path_layer.exists(inputs):
+        if path_layer.read_text(inputs).strip() != marker.get("key"):
+            raise StageError(
+                f"{workdir} holds a LatentLM trained on other latents (the σ-VAEs or the "
+                f"encode settings changed); use a fresh --workdir, or delete {workdir}")
     else:
-        os.makedirs(workdir, exist_ok=True)
-        with open(inputs, "w", encoding="utf-8") as f:
-            f.write(str(marker.get("key", "")))
+        path_layer.write_text(inputs, str(marker.get("key", "")))
     return train_stage(cfg, workdir, STAGE_TITLES["lm"], say, devices)
 
 

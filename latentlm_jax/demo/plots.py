@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import numpy as np
 from matplotlib import colormaps, ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from latentlm_jax import paths
 
 Curve = tuple[np.ndarray, np.ndarray]  # (steps, values), sorted by step, finite values only
 
@@ -27,9 +28,9 @@ def read_metrics(path: str) -> dict[str, Curve]:
     of the run that continued.
     """
     rows: dict[int, dict[str, float]] = {}
-    if not os.path.exists(path):
+    if not paths.exists(path):
         return {}
-    with open(path, encoding="utf-8") as f:
+    with paths.open_file(path) as f:
         for line in f:
             try:
                 row = json.loads(line)
@@ -108,8 +109,9 @@ def plot_stage(title: str, metrics: dict[str, Curve], curves: list[str], out_pat
         ax.grid(True, which="major", alpha=0.3)
         ax.annotate(f"last {values[-1]:.4g}", xy=(1, 1), xycoords="axes fraction",
                     ha="right", va="bottom", fontsize=8, color="#555")
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    fig.savefig(out_path, format="png")
+    paths.makedirs(paths.resolve(out_path).parent)
+    with paths.open_file(out_path, "wb") as f:
+        fig.savefig(f, format="png")
     return out_path
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from latentlm_jax import paths as path_layer
 from latentlm_jax.demo.assets import write_assets
 from latentlm_jax.demo.report_html import render_html
 from latentlm_jax.demo.report_md import render_md
@@ -21,16 +22,15 @@ def write_report(results: DemoResults, out_dir: str, *, max_audio_players: int =
 
     Returns the paths written: "html", "markdown" and "plot:<stage name>" per plotted stage.
     """
-    os.makedirs(out_dir, exist_ok=True)
+    path_layer.makedirs(out_dir)
     assets = write_assets(results, out_dir)
-    paths = {"html": os.path.join(out_dir, "index.html"),
-             "markdown": os.path.join(out_dir, "report.md")}
-    with open(paths["html"], "w", encoding="utf-8") as f:
-        f.write(render_html(results, assets, out_dir, max_audio_players))
-    with open(paths["markdown"], "w", encoding="utf-8") as f:
-        f.write(render_md(results, assets))
+    written = {"html": os.path.join(out_dir, "index.html"),
+               "markdown": os.path.join(out_dir, "report.md")}
+    path_layer.write_text(written["html"], render_html(results, assets, out_dir,
+                                                       max_audio_players))
+    path_layer.write_text(written["markdown"], render_md(results, assets))
     for st, rel in zip(results.stages, assets.plots, strict=True):
         if rel:
             key = f"plot:{st.name}"
-            paths[key if key not in paths else f"{key} ({rel})"] = os.path.join(out_dir, rel)
-    return paths
+            written[key if key not in written else f"{key} ({rel})"] = os.path.join(out_dir, rel)
+    return written

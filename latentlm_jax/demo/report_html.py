@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from latentlm_jax import paths
 from latentlm_jax.demo.assets import SAMPLE_RATE, Assets, data_uri, png_bytes, wav_bytes
 from latentlm_jax.demo.plots import spectrogram_rgb
 from latentlm_jax.demo.results import (
@@ -137,8 +138,7 @@ def _html_training(results: DemoResults, assets: Assets, out_dir: str) -> str:
         if rel is None:
             out.append(f'<p class="muted">{_e(st.name)}: no metrics to plot.</p>')
             continue
-        with open(os.path.join(out_dir, rel), "rb") as f:
-            uri = data_uri("image/png", f.read())
+        uri = data_uri("image/png", paths.read_bytes(os.path.join(out_dir, rel)))
         out.append(f'<img class="plot" alt="{_e(st.name)} loss curves" src="{uri}">')
     return "\n".join(out)
 

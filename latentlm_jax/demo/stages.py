@@ -16,6 +16,7 @@ from typing import Any
 
 import ml_collections as mlc
 
+from latentlm_jax import paths
 from latentlm_jax.config.base import base_config
 from latentlm_jax.config.loading import ConfigError
 from latentlm_jax.data.encode_latents import encode_dataset, shard_name
@@ -75,10 +76,9 @@ def config_differences(saved: Mapping[str, Any], new: Mapping[str, Any],
 def check_same_config(config: mlc.ConfigDict, workdir: str, what: str) -> None:
     """Refuses to continue a run whose workdir holds a different config (other than paths)."""
     path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    if not paths.exists(path):
         return
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
+    saved = json.loads(paths.read_text(path))
     diffs = config_differences(saved, config_json(config))
     if diffs:
         shown = "; ".join(diffs[:3]) + (f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else "")
@@ -138,13 +138,12 @@ def encode_key(vaes: Mapping[str, str], **settings: Any) -> str:
     """Changes when a σ-VAE (its config or checkpoint step) or an encode setting changes."""
     parts = {}
     for modality, vae_dir in sorted(vaes.items()):
-        with open(os.path.join(vae_dir, "config.json"), encoding="utf-8") as f:
-            saved = json.load(f)
+        saved = json.loads(paths.read_text(os.path.join(vae_dir, "config.json")))
         parts[modality] = {"config": fingerprint(saved), "step": checkpoint_step(vae_dir)}
     return fingerprint({"vaes": parts, **settings})
 
 
 def latent_files(out_dir: str) -> tuple[str, ...]:
     """The (image, audio) shards ``encode_stage`` writes, as absolute paths."""
-    return tuple(os.path.abspath(os.path.join(out_dir, shard_name(MODALITY_NAMES[m], 0, 1)))
+    return tuple(str(paths.join(out_dir, shard_name(MODALITY_NAMES[m], 0, 1)))
                  for m in LATENT_MODALITIES)

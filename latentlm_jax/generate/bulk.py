@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
+from latentlm_jax import paths
 from latentlm_jax.generate.prompts import PromptRequest
 from latentlm_jax.modality import MODALITY_IDS
 
@@ -79,18 +79,19 @@ def run_batches(requests: Sequence[PromptRequest], batch_size: int, out_dir: str
     the batch's items; ``save(path, modality, medium)`` writes one file, and its line (request,
     batch, ``settings``, extras) is appended to ``out_dir/manifest.jsonl`` (truncated first) as
     soon as the batch is written. Returns the lines. ``on_batch(done, total, files)`` reports."""
-    os.makedirs(out_dir, exist_ok=True)
+    paths.makedirs(out_dir)
     batches = plan_batches(requests, batch_size)
     num_prompts = len(requests)
     max_count = max(r.count for r in requests)
     lines: list[dict[str, Any]] = []
-    with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8") as manifest:
+    # (in a bucket the manifest object appears whole when the last batch is written)
+    with paths.open_file(paths.join(out_dir, MANIFEST), "w") as manifest:
         for b, batch in enumerate(batches):
             results = generate(batch)
             for row, (req, k) in enumerate(batch.items):
                 medium, extra = results[row]
                 name = file_name(req, k, num_prompts, max_count)
-                save(os.path.join(out_dir, name), req.modality, medium)
+                save(str(paths.join(out_dir, name)), req.modality, medium)
                 line = {"text": req.prompt, req.modality: name, "prompt_index": req.index,
                         "line": req.line, "sample": k, "modality": req.modality,
                         "seed": req.seed, "batch": batch.number, "row": row,
@@ -108,8 +109,11 @@ def save_medium(path: str, modality: str, medium: np.ndarray, sample_rate: int) 
     if modality == "image":
         from PIL import Image
 
-        Image.fromarray(np.asarray(medium)).save(path)
+        with paths.open_file(path, "wb") as f:
+            Image.fromarray(np.asarray(medium)).save(f, format="PNG")
     else:
         import soundfile
 
-        soundfile.write(path, np.asarray(medium, np.float32), sample_rate, subtype="PCM_16")
+        with paths.open_file(path, "wb") as f:
+            soundfile.write(f, np.asarray(medium, np.float32), sample_rate, subtype="PCM_16",
+                            format="WAV")

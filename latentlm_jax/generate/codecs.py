@@ -8,7 +8,6 @@ demo``; its single-example ``encode`` / ``decode`` (``latentlm generate``) go th
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +17,7 @@ import ml_collections as mlc
 import numpy as np
 from flax import nnx
 
+from latentlm_jax import paths
 from latentlm_jax.config.loading import ConfigError
 from latentlm_jax.data.encode_latents import (
     denormalise,
@@ -37,7 +37,7 @@ def stats_dir(config: mlc.ConfigDict) -> str:
     if d.latent_stats_dir:
         return d.latent_stats_dir
     if d.latent_files:
-        return os.path.dirname(os.path.abspath(d.latent_files[0]))
+        return str(paths.resolve(d.latent_files[0]).parent)
     raise ConfigError("data.latent_stats_dir", "unknown: set it (or data.latent_files)")
 
 

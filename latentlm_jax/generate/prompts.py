@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from latentlm_jax import paths
 from latentlm_jax.config.loading import ConfigError
 
 MEDIA = ("image", "audio")
@@ -41,10 +42,10 @@ def read_prompts(path: str, *, modality: str | None, count: int, seed: int
                  ) -> list[PromptRequest]:
     """The requests in ``path`` (see the module docstring); defaults from the command line."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = paths.read_bytes(path)
     except OSError as e:
-        raise ConfigError("", f"cannot read --prompts-file {path}: {e.strerror}") from e
+        raise ConfigError("", f"cannot read --prompts-file {path}: "
+                              f"{e.strerror or type(e).__name__}") from e
     jsonl = path.endswith(".jsonl")
     out: list[PromptRequest] = []
     for number, line_bytes in enumerate(raw.split(b"\n"), start=1):

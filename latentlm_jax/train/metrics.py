@@ -1,19 +1,64 @@
-"""Metrics sinks: ``metrics.jsonl`` (one JSON object per log step), TensorBoard events, console."""
+"""Metrics sinks: ``metrics.jsonl`` (one JSON object per log step), TensorBoard events, console.
+
+Both files go through :mod:`latentlm_jax.paths`, so a ``gs://`` workdir gets them in the bucket. An
+object in a bucket cannot be appended to: there ``metrics.jsonl`` (its earlier rows read back when a
+run resumes) and the TensorBoard event file are rewritten whole at most every ``URL_FLUSH_SECS``
+and when the writer closes, so a hard kill loses at most that much of the log.
+"""
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import time
 from typing import Any
 
 import jax
 import numpy as np
 
+from latentlm_jax import paths
+
+URL_FLUSH_SECS = 30.0
+
 
 def _scalar(v: Any) -> float | int:
     v = np.asarray(v)
     return v.item() if v.size == 1 else float(v.mean())
+
+
+class _WholeObjectWriter:
+    """A tensorboardX record-file writer for URLs: buffers the event file and rewrites the
+    object whole on flush (through the path layer, so the same credentials as everything else)."""
+
+    def __init__(self, path: str):
+        self.path, self._buffer, self._uploaded = path, io.BytesIO(), -1
+
+    def write(self, data: bytes) -> None:
+        self._buffer.write(data)
+
+    def flush(self) -> None:
+        if self._buffer.tell() != self._uploaded:  # tensorboardX flushes on a timer
+            paths.write_bytes(self.path, self._buffer.getvalue())
+            self._uploaded = self._buffer.tell()
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _WholeObjectFactory:
+    def open(self, path: str) -> _WholeObjectWriter:
+        return _WholeObjectWriter(path)
+
+    def directory_check(self, path: str) -> None:
+        paths.makedirs(path)
+
+
+def _register_url_writers(scheme: str) -> None:
+    """Routes tensorboardX's event files for ``scheme://`` through the path layer (replacing its
+    own ``gs`` writer, which reaches Google Cloud Storage through another client library)."""
+    from tensorboardX import record_writer
+
+    record_writer.register_writer_factory(scheme, _WholeObjectFactory())
 
 
 class MetricsWriter:
@@ -23,28 +68,51 @@ class MetricsWriter:
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self._tb = None
         self._file = None
+        self._url = paths.is_url(workdir)
+        self._path = paths.join(workdir, "metrics.jsonl")
+        self._rows: list[str] = []  # URL: the whole object, rewritten on flush
+        self._flushed_at = time.monotonic()
         if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
-            self._file = open(  # noqa: SIM115 - kept open for the run, closed in close()
-                os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+            paths.makedirs(workdir)
+            if self._url:
+                if paths.exists(self._path):  # a resumed run keeps the earlier rows
+                    self._rows = paths.read_text(self._path).splitlines(keepends=True)
+                _register_url_writers(str(self._path).split("://", 1)[0])
+            else:
+                self._file = paths.open_file(  # noqa: SIM115 - kept open for the run
+                    self._path, "a")
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
+            self._tb = SummaryWriter(str(paths.join(workdir, "tensorboard")),
+                                     flush_secs=URL_FLUSH_SECS if self._url else 10)
 
     def write(self, step: int, scalars: dict[str, Any]) -> None:
         if not self.enabled:
             return
         row = {"step": int(step), "time": time.time()}
         row.update({k: _scalar(v) for k, v in scalars.items()})
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        line = json.dumps(row) + "\n"
+        if self._url:
+            self._rows.append(line)
+            if time.monotonic() - self._flushed_at >= URL_FLUSH_SECS:
+                self._flush_url()
+        else:
+            self._file.write(line)
+            self._file.flush()
         for k, v in row.items():
             if k not in ("step", "time"):
                 self._tb.add_scalar(k, v, global_step=int(step))
 
+    def _flush_url(self) -> None:
+        paths.write_text(self._path, "".join(self._rows))
+        self._flushed_at = time.monotonic()
+
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
+        if self._tb is not None:
+            if self._url:
+                self._flush_url()
+            else:
+                self._file.close()
             self._tb.close()
             self._file = self._tb = None
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
+
+from latentlm_jax import paths
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -80,13 +80,15 @@ def image_grid(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
 def save_png(path: str, image: np.ndarray) -> None:
     from PIL import Image
 
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    Image.fromarray(image).save(path)
+    paths.makedirs(paths.resolve(path).parent)
+    with paths.open_file(path, "wb") as f:
+        Image.fromarray(image).save(f, format="PNG")
 
 
 def save_wav(path: str, wave: np.ndarray, sample_rate: int) -> None:
     import soundfile
 
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    soundfile.write(path, np.clip(np.asarray(wave, np.float32), -1.0, 1.0), sample_rate,
-                    subtype="PCM_16")
+    paths.makedirs(paths.resolve(path).parent)
+    with paths.open_file(path, "wb") as f:
+        soundfile.write(f, np.clip(np.asarray(wave, np.float32), -1.0, 1.0), sample_rate,
+                        subtype="PCM_16", format="WAV")

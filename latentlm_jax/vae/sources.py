@@ -9,12 +9,12 @@ examples for other readers); unusable ones follow ``data.bad_input``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections as mlc
 
+from latentlm_jax import paths
 from latentlm_jax.config.data_sources import BUILTIN_SOURCES
 from latentlm_jax.config.loading import ConfigError
 from latentlm_jax.config.validate import check_vae_data
@@ -43,7 +43,7 @@ def describe_data(data: mlc.ConfigDict, builtin_split: str) -> str:
     if is_builtin(data):
         return f"built-in {builtin_split} split"
     if data.source == "manifest":
-        return f"manifest {os.path.abspath(os.path.expanduser(data.manifest))}"
+        return f"manifest {paths.as_str(data.manifest)}"
     return f"tfds {data.tfds_name}/{data.tfds_split}"
 
 

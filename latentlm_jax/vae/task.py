@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -11,6 +10,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 from flax import nnx
 
+from latentlm_jax import paths
 from latentlm_jax.data.bad_input import BadInputPolicy
 from latentlm_jax.modality import MODALITY_IDS, VAE_TASKS
 from latentlm_jax.vae.audio import AudioVAE, audio_forward_flops
@@ -138,7 +138,7 @@ class _VAETask:
             return {}
         rec = reconstruct_examples(model, self.key, examples, builtin)
         if jax.process_index() == 0:
-            write_samples(os.path.join(workdir, "samples", f"step_{step}"), rec,
+            write_samples(str(paths.join(workdir, "samples", f"step_{step}")), rec,
                           config.vae.audio.sample_rate)
         return rec.metrics
 
