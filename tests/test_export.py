@@ -231,3 +231,103 @@ def test_export_needs_its_decoder(runs, tmp_path):
     with pytest.raises(ConfigError, match="must carry the σ-VAE"):
         export_run(str(tmp_path / "lm"), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+# --- generate / eval onto a mesh (--devices), and runs trained with a TPU-only kernel --------
+
+def _spy_meshes(monkeypatch) -> list[int]:
+    """Records the device count of every mesh ``load_model`` loads onto."""
+    from latentlm_jax.generate import codecs
+    from latentlm_jax.train import checkpoint_io
+
+    sizes: list[int] = []
+    real = checkpoint_io.load_model
+
+    def spy(workdir, **kwargs):
+        model, config, step = real(workdir, **kwargs)
+        sizes.append(len({d for x in jax.tree.leaves(nnx_state(model)) for d in
+                          x.sharding.device_set}))
+        return model, config, step
+
+    monkeypatch.setattr(checkpoint_io, "load_model", spy)
+    monkeypatch.setattr(codecs, "load_model", spy)  # imported by name there
+    return sizes
+
+
+def nnx_state(model):
+    from flax import nnx
+
+    return nnx.state(model, nnx.Param)
+
+
+@pytest.mark.multidevice
+def test_generate_and_eval_sharded_over_all_devices_match_one_device(runs, tmp_path,
+                                                                      monkeypatch, capsys):
+    """--devices all loads the LatentLM and its σ-VAE sharded over the 8 devices and generates
+    the same images as one device (float32 on CPU: bitwise); eval gives the same numbers."""
+    sizes = _spy_meshes(monkeypatch)
+    one = _generate(runs / "ex_f32", tmp_path / "one")
+    assert sizes == [1, 1]  # the LatentLM, then its σ-VAE
+    every = _generate(runs / "ex_f32", tmp_path / "all", "--devices", "all")
+    assert sizes[2:] == [8, 8]
+    np.testing.assert_array_equal(every, one)
+    assert one.std() > 0
+    results = []
+    for devices in ("1", "8"):
+        out = tmp_path / f"vae_{devices}"
+        shutil.copytree(runs / "vae", out)  # eval writes into the run's eval/
+        assert main(["eval", "--workdir", str(out), "--examples", "4", "--devices", devices]) == 0
+        with open(out / "eval" / "vae_eval.json") as f:
+            results.append({k: v for k, v in json.load(f).items() if k != "workdir"})
+    assert sizes[4:] == [1, 8]
+    assert results[0] == results[1] and results[0]["rows"][0]["psnr"] > 0
+
+
+@pytest.mark.parametrize("devices,fragment", [
+    ("0", "--devices must be a positive count or 'all'; got '0'"),
+    ("two", "--devices must be a positive count or 'all'; got 'two'"),
+    ("9", "--devices 9: this host has only 8 cpu devices"),
+])
+def test_bad_devices_are_one_line_errors(runs, tmp_path, capsys, devices, fragment):
+    for command in (["generate", "--modality", "image", "--prompt", "x", "--out",
+                     str(tmp_path / "out")], ["eval", "--examples", "1"]):
+        workdir = runs / ("ex_f32" if command[0] == "generate" else "vae")
+        assert main([*command, "--workdir", str(workdir), "--devices", devices]) == 2
+        lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and fragment in lines[0], lines
+
+
+def test_splash_run_runs_off_tpu_with_dot_product(runs, tmp_path, capsys):
+    """A run trained with the TPU-only splash kernel loads on CPU with dot_product (announced in
+    one line) and computes what the same weights do with the reference kernel; its config and
+    load_params (what export writes) still say splash."""
+    from flax import nnx
+
+    run = tmp_path / "splash"
+    shutil.copytree(runs / "lm" / "checkpoints", run / "checkpoints")
+    config = load_run_config(str(runs / "lm"))
+    assert config.model.attention == "xla"
+    config.model.attention = "splash"
+    save_run_config(config, str(run))
+    capsys.readouterr()
+    model, loaded, _ = load_model(str(run))
+    err = capsys.readouterr().err
+    assert err == ("attention: the run used 'splash' (TPU only); running it with 'dot_product' "
+                   "on cpu\n")
+    assert loaded.model.attention == "dot_product"
+    assert load_run_config(str(run)).model.attention == "splash"  # the run is unchanged
+    reference, _, _ = load_model(str(runs / "lm"))
+    assert capsys.readouterr().err == ""  # nothing to say for a kernel every platform has
+    graphdef, params, *_ = load_params(str(run))  # the model exactly as trained: splash
+    c = config.model
+    x = jax.random.normal(jax.random.key(0), (2, 16, c.emb_dim))
+    positions = jax.numpy.broadcast_to(jax.numpy.arange(16), (2, 16))
+    segments = jax.numpy.asarray([[1] * 16, [1] * 9 + [2] * 5 + [0] * 2])
+    with pytest.raises(ConfigError, match="'splash' runs only on TPU"):
+        nnx.merge(graphdef, params).decoder(x, positions, segments)
+    np.testing.assert_allclose(model.decoder(x, positions, segments),
+                               reference.decoder(x, positions, segments), rtol=1e-5, atol=1e-5)
+    got = _generate(run, tmp_path / "a")
+    assert "running it with 'dot_product' on cpu" in capsys.readouterr().err
+    want = _generate(runs / "lm", tmp_path / "b")
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1

@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="examples to reconstruct: the first usable ones (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latent noise")
     parser.add_argument("--no-ema", action="store_true", help="use raw weights, not the EMA")
+    parser.add_argument("--devices", default="1",
+                        help="local devices to load the weights onto, sharded over them (fsdp): "
+                             "a count N or 'all' (default 1)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from latentlm_jax.cli.vae_data import data_config, load_examples, load_vae_run_config
     from latentlm_jax.data.bad_input import BadInputPolicy, skip_summary
     from latentlm_jax.paths import write_text
-    from latentlm_jax.train.checkpoint_io import load_model
+    from latentlm_jax.train.checkpoint_io import inference_devices, inference_mesh, load_model
     from latentlm_jax.vae.diagnostics import (
         audio_diagnostics,
         format_diagnostics,
@@ -55,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from latentlm_jax.vae.evaluation import reconstruct_examples, write_samples
     from latentlm_jax.vae.sources import modality_of
 
+    devices = inference_devices(args.devices)
     results: dict = {}
     written: list[str] = []
     skipped: list[str] = []
@@ -63,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         config = data_config(args, run_config)
         policy = BadInputPolicy(config.data.bad_input)
         examples, builtin, name = load_examples(run_config, config, args.examples, policy)
-        model, run_config, step = load_model(workdir, config=run_config, use_ema=not args.no_ema)
+        model, run_config, step = load_model(workdir, config=run_config, use_ema=not args.no_ema,
+                                             mesh=inference_mesh(run_config, devices))
         modality = modality_of(run_config.task)
         fn = image_diagnostics if modality == "image" else audio_diagnostics
         result = fn(model, [e for _, e in examples], jax.random.key(args.seed), builtin=builtin)

@@ -4,6 +4,7 @@
         --modality image --num-samples 4 --out samples/
     latentlm generate --workdir W --prompts-file prompts.jsonl --out samples/   # in bulk, batched
     latentlm generate --workdir W --image photo.png --modality text
+    latentlm generate --workdir W --devices all ...   # weights sharded over every local device
 
 Text → media writes ``<prompt index>_<sample>.png|wav`` and ``manifest.jsonl`` (one line per file
 with its prompt and settings; :mod:`latentlm_jax.generate.bulk`). Prompts files:
@@ -48,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--no-ema", action="store_true", help="use raw weights, not the EMA")
+    add_devices_argument(parser)
+
+
+def add_devices_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--devices", default="1",
+                        help="local devices to load the weights onto, sharded over them (fsdp): "
+                             "a count N or 'all' (default 1)")
 
 
 def check_request(args: argparse.Namespace) -> list[PromptRequest]:
@@ -101,9 +109,17 @@ def run(args: argparse.Namespace) -> int:
 
     from latentlm_jax.data.tokenizer import make_tokenizer
     from latentlm_jax.generate.generator import SamplingOptions
-    from latentlm_jax.train.checkpoint_io import load_model
+    from latentlm_jax.train.checkpoint_io import (
+        inference_devices,
+        inference_mesh,
+        load_model,
+        load_run_config,
+    )
 
-    model, config, step = load_model(args.workdir, use_ema=not args.no_ema)
+    devices = inference_devices(args.devices)
+    config = load_run_config(args.workdir)
+    model, config, step = load_model(args.workdir, config=config, use_ema=not args.no_ema,
+                                     mesh=inference_mesh(config, devices))
     if not hasattr(model, "heads"):
         raise ConfigError("", f"{args.workdir} holds a text-only model; nothing to generate "
                               "images or audio with")
@@ -112,12 +128,12 @@ def run(args: argparse.Namespace) -> int:
                            temperature=args.temperature, text_temperature=args.text_temperature,
                            top_k=args.top_k, top_p=args.top_p)
     if requests:
-        return _text_to_media(args, requests, model, config, step, tok, opts)
-    return _caption(args, model, config, tok, opts, jax.random.key(args.seed))
+        return _text_to_media(args, requests, model, config, step, tok, opts, devices)
+    return _caption(args, model, config, tok, opts, jax.random.key(args.seed), devices)
 
 
 def _text_to_media(args, requests: list[PromptRequest], model, config, step: int, tok,
-                   opts) -> int:
+                   opts, devices: list) -> int:
     import dataclasses
 
     import numpy as np
@@ -133,7 +149,7 @@ def _text_to_media(args, requests: list[PromptRequest], model, config, step: int
     if missing:
         raise ConfigError("", f"{args.workdir} holds a LatentLM without {missing} latents; it "
                               f"cannot generate {missing}")
-    codecs = {m: MediaCodec(config, m) for m in sorted(enabled)}
+    codecs = {m: MediaCodec(config, m, devices) for m in sorted(enabled)}
     spans = {m: int(np.prod(c.grid()[:-1])) for m, c in codecs.items()}  # latents per span
     for r in requests:
         budget = config.data.seq_len - spans[MODALITY_IDS[r.modality]] - 4
@@ -178,7 +194,7 @@ def _text_to_media(args, requests: list[PromptRequest], model, config, step: int
     return 0
 
 
-def _caption(args, model, config, tok, opts, key) -> int:
+def _caption(args, model, config, tok, opts, key, devices: list) -> int:
     from latentlm_jax.data.bad_input import BadInput
     from latentlm_jax.data.media import load_audio, load_image
     from latentlm_jax.generate.codecs import MediaCodec
@@ -186,7 +202,7 @@ def _caption(args, model, config, tok, opts, key) -> int:
     from latentlm_jax.modality import AUDIO, IMAGE
 
     modality = IMAGE if args.image else AUDIO
-    codec = MediaCodec(config, modality)
+    codec = MediaCodec(config, modality, devices)
     v = codec.vae_config.vae  # load the input as the σ-VAE takes it
     try:
         media = (load_image(args.image, v.image.resolution) if args.image

@@ -27,7 +27,7 @@ from latentlm_jax.data.encode_latents import (
     to_sequence,
 )
 from latentlm_jax.modality import IMAGE, MODALITY_NAMES
-from latentlm_jax.train.checkpoint_io import load_model
+from latentlm_jax.train.checkpoint_io import inference_mesh, load_model, load_run_config
 from latentlm_jax.vae.config import audio_latent_shape, image_latent_shape
 from latentlm_jax.vae.samples import to_uint8
 
@@ -52,16 +52,19 @@ def _mode(vae, x: jax.Array) -> jax.Array:
 
 
 class MediaCodec:
-    """One modality's σ-VAE + latent normalisation: media ↔ normalised latent sequences."""
+    """One modality's σ-VAE + latent normalisation: media ↔ normalised latent sequences. The
+    σ-VAE's weights are sharded over ``devices`` (default: the first local device)."""
 
-    def __init__(self, config: mlc.ConfigDict, modality: int):
+    def __init__(self, config: mlc.ConfigDict, modality: int, devices: list | None = None):
         self.modality = modality
         self.name = MODALITY_NAMES[modality]
         workdir = config.data[f"{self.name}_vae_workdir"]
         if not workdir:
             raise ConfigError(f"data.{self.name}_vae_workdir",
                               f"this run does not say which σ-VAE made its {self.name} latents")
-        self.vae, self.vae_config, _ = load_model(workdir)
+        vae_config = load_run_config(workdir)
+        self.vae, self.vae_config, _ = load_model(workdir, config=vae_config,
+                                                  mesh=inference_mesh(vae_config, devices))
         self.stats = load_stats(stats_dir(config), self.name)
 
     def grid(self) -> tuple[int, ...]:

@@ -6,11 +6,16 @@ train state (an Orbax partial restore; the optimizer moments are never read), fr
 (``latentlm export``, docs/export.md) its params-only checkpoint. Either way they are restored
 straight into their shardings on the mesh asked for (one device by default): each device reads its
 own shards, nothing is gathered onto one host first.
+
+A model is built to run on the platform it is loaded onto: a run trained with an attention kernel
+that platform lacks (``model.attention = "splash"``, TPU only) runs with ``dot_product``, the same
+mathematics, and :func:`load_model` says so in one line (docs/export.md).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import jax
@@ -112,6 +117,42 @@ def inference_mesh(config: mlc.ConfigDict, devices: list | None = None) -> Mesh:
     return Mesh(np.asarray(devices, dtype=object).reshape(shape), axes)
 
 
+def inference_devices(spec: str | int) -> list:
+    """The local devices ``--devices`` names: a count N (the first N) or ``all``."""
+    local = jax.local_devices()
+    if str(spec) == "all":
+        return local
+    try:
+        n = int(spec)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError("", f"--devices must be a positive count or 'all'; got {spec!r}")
+    if n > len(local):
+        raise ConfigError("", f"--devices {n}: this host has only {len(local)} "
+                              f"{local[0].platform} device{'s' if len(local) > 1 else ''}")
+    return local[:n]
+
+
+# Attention kernels that exist only on some platforms, and what runs in their place elsewhere.
+PLATFORM_ATTENTION = {"splash": (("tpu",), "dot_product")}
+
+
+def runnable_config(config: mlc.ConfigDict, platform: str) -> mlc.ConfigDict:
+    """``config``, or a copy of it whose ``model.attention`` exists on ``platform`` (splash →
+    dot_product off TPU: an inference-time choice of kernel with the same weights and
+    mathematics, announced on stderr). Training keeps the strict error."""
+    used = config.model.attention
+    if used not in PLATFORM_ATTENTION or platform in PLATFORM_ATTENTION[used][0]:
+        return config
+    instead = PLATFORM_ATTENTION[used][1]
+    print(f"attention: the run used {used!r} ({', '.join(PLATFORM_ATTENTION[used][0]).upper()} "
+          f"only); running it with {instead!r} on {platform}", file=sys.stderr, flush=True)
+    config = config.copy_and_resolve_references()
+    config.model.attention = instead
+    return config
+
+
 def abstract_params(config: mlc.ConfigDict, mesh: Mesh, dtype: Any = None
                     ) -> tuple[nnx.GraphDef, dict]:
     """(graphdef, the weights as ShapeDtypeStructs carrying their NamedShardings on ``mesh``),
@@ -173,7 +214,11 @@ def load_model(workdir: str, *, step: int | None = None, use_ema: bool = True,
                ) -> tuple[nnx.Module, mlc.ConfigDict, int]:
     """(model, config, step) from the latest (or given) checkpoint of a run, or from an export;
     EMA weights when kept. The weights live on ``mesh`` (default: one local device), sharded by
-    the run's rules."""
+    the run's rules; the model and the config returned use an attention kernel that the mesh's
+    platform has (:func:`runnable_config`)."""
+    config = load_run_config(workdir) if config is None else config
+    mesh = inference_mesh(config) if mesh is None else mesh
+    config = runnable_config(config, mesh.devices.flat[0].platform)
     graphdef, params, config, step, _ = load_params(workdir, step=step, use_ema=use_ema,
                                                     config=config, mesh=mesh)
     return nnx.merge(graphdef, params), config, step
