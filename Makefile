@@ -1,5 +1,5 @@
 # `make demo` / `make test` work on a fresh clone: they create .venv with the default python3 when
-# missing, install the package, and run.
+# missing, install the package (with libtpu, so the TPU memory proofs run on any host), and run.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,7 +13,7 @@ $(BIN)/python:
 
 $(STAMP): setup.py $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,tpu]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -11,9 +11,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
     mem = kinds.add_parser("memory", help="compile the train step for a TPU topology (needs "
                                           "libtpu: pip install -e '.[tpu]') and print per-device "
-                                          "memory")
+                                          "memory, FLOPs per step and whether it fits")
     add_config_argument(mem)
-    mem.add_argument("--topology", required=True, help='TPU topology, e.g. "v5p:2x4x4"')
+    mem.add_argument("--topology", default="",
+                     help='TPU topology of one slice, e.g. "v5p:2x4x4" (default: the config\'s '
+                          "target_topology)")
+    mem.add_argument("--slices", type=int, default=0,
+                     help="slices of that topology joined by DCN (default: the config's "
+                          "target_slices); the config's mesh.dcn must cover them")
+    family = mem.add_mutually_exclusive_group()
+    family.add_argument("--all", action="store_true",
+                        help="prove every size of the config file's SIZES table "
+                             "(configs/latentlm.py) and print one table")
+    family.add_argument("--sizes", default="",
+                        help="comma-separated config arguments to prove, e.g. base,medium")
 
     gen = kinds.add_parser("generate", help="generation speed of a LatentLM (tokens/s, backbone "
                                             "vs head, decode cost at positions 64 and 512)")
@@ -42,22 +53,9 @@ def run(args: argparse.Namespace) -> int:
     if args.kind == "data":
         return _bench_data(config, args)
     if args.kind == "memory":
-        from latentlm_jax.bench.memory import compile_for_topology
+        from latentlm_jax.cli.bench_memory import run_memory
 
-        try:
-            import libtpu  # noqa: F401
-        except ImportError:
-            print("latentlm: error: bench memory needs libtpu: pip install -e '.[tpu]'")
-            return 2
-        out = compile_for_topology(config, args.topology)
-        print(f"topology {args.topology}: {int(out['devices'])} devices, "
-              f"{out['params_billion']:.3f}B parameters")
-        for key in ("argument_gib", "output_gib", "alias_gib", "temp_gib", "generated_code_gib",
-                    "peak_gib", "hbm_gib"):
-            if key in out:
-                print(f"  {key[:-4]:>15}: {out[key]:8.2f} GiB per device")
-        if "fits" in out:
-            print("  fits in HBM" if out["fits"] else "  DOES NOT FIT in HBM")
+        return run_memory(config, args)
     return 0
 
 

@@ -18,6 +18,7 @@ COMMANDS = {
     "eval": ("latentlm_jax.cli.eval", "reconstruction quality and latent diagnostics of σ-VAEs"),
     "reconstruct": ("latentlm_jax.cli.reconstruct", "write a σ-VAE's reconstructions of a dataset as PNG / WAV files"),  # noqa: E501
     "encode": ("latentlm_jax.cli.encode", "encode a dataset into latents with a trained σ-VAE"),
+    "export": ("latentlm_jax.cli.export", "export a trained run's weights, config and tokenizer for inference"),  # noqa: E501
     "tokenizer": ("latentlm_jax.cli.tokenizer", "train a SentencePiece tokenizer on text files"),
     "bench": ("latentlm_jax.cli.bench", "benchmarks that print figures"),
     "demo": ("latentlm_jax.cli.demo", "train, generate and score a multimodal LatentLM on the built-in data"),  # noqa: E501
@@ -61,8 +62,10 @@ def user_error(exc: BaseException) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from latentlm_jax.cli.platforms import default_to_cpu_without_accelerator
     from latentlm_jax.config.loading import split_config_args
 
+    default_to_cpu_without_accelerator()  # before JAX starts: libtpu stays quiet on a CPU host
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         rest, overrides = split_config_args(argv)

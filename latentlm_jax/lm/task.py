@@ -14,7 +14,11 @@ from latentlm_jax.lm.loss import latentlm_loss, text_lm_loss
 from latentlm_jax.modality import is_multimodal, max_latent_dim
 from latentlm_jax.models.latentlm import LatentLM
 from latentlm_jax.models.transformer import TextLM
-from latentlm_jax.train.flops import transformer_flops_per_token
+from latentlm_jax.train.flops import (
+    latentlm_extra_flops_per_row,
+    remat_flops_per_token,
+    transformer_flops_per_token,
+)
 
 
 class LMTask:
@@ -53,8 +57,18 @@ class LMTask:
                                     process_count=process_count)
 
     def flops_per_step(self, config: mlc.ConfigDict) -> float:
-        tokens = config.train.global_batch_size * config.data.seq_len
-        return transformer_flops_per_token(config.model, config.data.seq_len) * tokens
+        """Backbone + LM head, and for a LatentLM its latent projections and diffusion heads
+        (K draws per latent slot): forward + backward, what MFU counts."""
+        rows, seq_len = config.train.global_batch_size, config.data.seq_len
+        flops = transformer_flops_per_token(config.model, seq_len) * rows * seq_len
+        if self.multimodal:
+            flops += latentlm_extra_flops_per_row(config.model, seq_len) * rows
+        return flops
+
+    def recompute_flops_per_step(self, config: mlc.ConfigDict) -> float:
+        """Forward FLOPs ``model.remat_policy`` recomputes (hardware FLOPs beyond the model's)."""
+        rows, seq_len = config.train.global_batch_size, config.data.seq_len
+        return remat_flops_per_token(config.model, seq_len) * rows * seq_len
 
     def items_per_step(self, config: mlc.ConfigDict) -> tuple[str, float]:
         return "tokens", float(config.train.global_batch_size * config.data.seq_len)
