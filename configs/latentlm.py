@@ -1,7 +1,7 @@
 """The LatentLM scaling family, one size per argument: ``configs/latentlm.py:<size>``.
 
     latentlm train --config configs/latentlm.py:7b --workdir gs://BUCKET/runs/latentlm_7b \
-        --config.data.latents_dir=gs://BUCKET/latents      # folder `latentlm encode` wrote
+        --config.data.latents_dir=/gcs/BUCKET/latents   # `latentlm encode` output, gcsfuse-mounted
     latentlm bench memory --config configs/latentlm.py:7b  # compile for its topology: fits?
     latentlm bench memory --config configs/latentlm.py --all   # the whole family, one table
 
