@@ -164,7 +164,11 @@ def tiny_tpu_latentlm(*overrides: str):
 @pytest.mark.slow
 def test_two_slices_compile_with_data_parallel_dcn():
     c = tiny_tpu_latentlm("target_topology=v5p:2x2x1", "target_slices=2", "mesh.dcn.data=2")
+    before = dict(os.environ)
     out = compile_for_topology(c)
+    # libtpu's start-up settings do not outlive it: TPU_WORKER_HOSTNAMES left behind made later
+    # runs in this process (and their children) take themselves for hosts of a TPU pod.
+    assert dict(os.environ) == before
     assert out["devices"] == 8 and out["slices"] == 2
     assert out["mesh"]["data"] == 2 and out["mesh"]["fsdp"] == 4
     assert out["fits"] and 0 < out["peak_gib"] < 1

@@ -56,17 +56,23 @@ def topology_devices(topology: str, slices: int = 1) -> list:
     # No chip is touched: skip libtpu's metadata-server query and worker discovery (which print
     # errors off a TPU VM), and its one-process-per-host lock (compiles may run side by side).
     chip = topology.split(":")[0]
-    for key, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
-                       ("TPU_ACCELERATOR_TYPE", f"{_ACCELERATOR_NAMES.get(chip, chip)}-8"),
-                       ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
-        os.environ.setdefault(key, value)
+    settings = {"TPU_SKIP_MDS_QUERY": "1", "TPU_WORKER_HOSTNAMES": "localhost",
+                "TPU_ACCELERATOR_TYPE": f"{_ACCELERATOR_NAMES.get(chip, chip)}-8",
+                "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
     from jax.experimental import topologies
 
     kwargs = {"num_slices": slices} if slices > 1 else {}
+    # Only while libtpu starts: left in os.environ, TPU_WORKER_HOSTNAMES would make this process
+    # (and every child it starts) look like a host of a TPU pod to jax.distributed.
+    added = {k: v for k, v in settings.items() if k not in os.environ}
+    os.environ.update(added)
     try:
         desc = topologies.get_topology_desc(platform="tpu", topology_name=topology, **kwargs)
     except Exception as e:  # libtpu's message for an unknown chip or shape
         raise ConfigError("target_topology", f"{topology!r}: {' '.join(str(e).split())}") from e
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
     return list(desc.devices)
 
 
