@@ -125,6 +125,15 @@ def base_config() -> mlc.ConfigDict:
     # 2^27 ≈ 134 MP, above any camera's photo, below Pillow's decompression-bomb error (≈179 MP,
     # the most allowed) - a 33 KB PNG can declare 12000×12000 pixels and take 1.7 GB to decode.
     d.max_image_pixels = 2**27
+    # Held-out data for the LM's eval at train.eval_every (docs/evaluation.md): the built-in
+    # data's eval_split ("" = "test"), a TFDS eval_split, or eval_<field> for user data.
+    d.eval_split = ""
+    d.eval_text_files = ()
+    d.eval_manifest = ""
+    d.eval_latent_files = ()
+    d.eval_latents_dir = ""  # a folder `latentlm encode --split test --out DIR` wrote
+    d.eval_examples = 256  # held-out documents, the same ones at every eval and in every run
+    d.eval_draws = 4  # fixed (t, ε) draws per latent of the eval diffusion loss
 
     # ------------------------------------------------------------------ training
     t = c.train = mlc.ConfigDict()

@@ -13,7 +13,12 @@ from typing import Any
 import ml_collections as mlc
 
 from latentlm_jax.config.base import base_config
-from latentlm_jax.config.data_sources import ALL_SOURCES, USER_MEDIA_SOURCES, VAE_SOURCES
+from latentlm_jax.config.data_sources import (
+    ALL_SOURCES,
+    BUILTIN_SOURCES,
+    USER_MEDIA_SOURCES,
+    VAE_SOURCES,
+)
 from latentlm_jax.config.loading import ConfigError
 from latentlm_jax.config.task_weights import parse_task_weights
 from latentlm_jax.modality import IMAGE, MODALITY_NAMES, VAE_TASKS
@@ -134,6 +139,8 @@ def check_values(config: mlc.ConfigDict) -> None:
     for field in ("warmup_steps", "eval_every"):
         if t[field] < 0:
             raise ConfigError(f"train.{field}", f"must be ≥ 0, got {t[field]}")
+    if config.task == "lm":
+        check_eval_data(config)
     if not 0.0 <= t.min_lr_ratio <= 1.0:
         raise ConfigError("train.min_lr_ratio", f"must be in [0, 1], got {t.min_lr_ratio}")
     if not (0.0 <= t.b1 < 1.0 and 0.0 <= t.b2 < 1.0):
@@ -193,6 +200,42 @@ def check_data_source(d: mlc.ConfigDict) -> None:
         raise ConfigError("data.max_image_pixels",
                           f"must be in [1, {PILLOW_MAX_PIXELS:,}] (Pillow refuses larger images "
                           f"as decompression bombs); got {d.max_image_pixels:,}")
+
+
+# The held-out counterpart of each data.source's field (docs/evaluation.md).
+EVAL_FIELDS = {"shapes_tones_captions": "eval_split", "shapes_tones": "eval_split",
+               "tfds": "eval_split", "text_files": "eval_text_files",
+               "manifest": "eval_manifest", "latents": "eval_latent_files"}
+
+
+def check_eval_data(config: mlc.ConfigDict) -> None:
+    """An LM run with ``train.eval_every`` > 0 names held-out data for its source (the built-in
+    data has its test split); its eval sizes are positive."""
+    d, every = config.data, config.train.eval_every
+    _positive(config, "data.eval_examples", "data.eval_draws")
+    builtin = d.source in BUILTIN_SOURCES
+    if d.eval_split and EVAL_FIELDS.get(d.source) != "eval_split":
+        raise ConfigError("data.eval_split", f"names a split of the built-in or TFDS data, not "
+                                             f"of data.source={d.source!r}")
+    if every <= 0:
+        return
+    if builtin:
+        if (d.eval_split or "test") == d.split:
+            raise ConfigError("data.eval_split", f"{d.eval_split or 'test'!r} is the training "
+                                                 "split (data.split): not held out")
+        return
+    field = EVAL_FIELDS.get(d.source)
+    if field is None:  # an unknown source: check_data_source names it
+        return
+    if d.source == "tfds" and d.eval_split == d.tfds_split:
+        raise ConfigError("data.eval_split", f"{d.eval_split!r} is the training split "
+                                             "(data.tfds_split): not held out")
+    held_out = d[field] or (d.source == "latents" and d.eval_latents_dir)
+    if not held_out:
+        also = " or data.eval_latents_dir" if d.source == "latents" else ""
+        raise ConfigError(f"data.{field}", f"train.eval_every={every} but data.source="
+                                           f"{d.source!r} names no held-out data: set "
+                                           f"data.{field}{also}, or train.eval_every=0")
 
 
 def check_vae_data(task: str, d: mlc.ConfigDict, vae: mlc.ConfigDict) -> None:

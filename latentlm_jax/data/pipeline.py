@@ -19,6 +19,7 @@ import jax
 import ml_collections as mlc
 import numpy as np
 
+from latentlm_jax import paths
 from latentlm_jax.config.data_sources import ALL_SOURCES, TEXT_SOURCES
 from latentlm_jax.config.loading import ConfigError
 from latentlm_jax.data.bad_input import (
@@ -337,3 +338,116 @@ def _mark_absl_flags_parsed() -> None:
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
+
+
+# ---------------------------------------------------------------------------- held-out rows
+# The eval set's shuffle and task draws use this seed, not data.seed: every run of a sweep
+# evaluates on the same documents.
+EVAL_SEED = 0
+
+
+def eval_data_config(config: mlc.ConfigDict) -> mlc.ConfigDict:
+    """A copy of ``config`` whose data section reads the held-out data instead of the training
+    data (docs/evaluation.md): the built-in data's ``data.eval_split`` ("" = ``"test"``), TFDS's
+    ``data.eval_split``, or ``data.eval_text_files`` / ``eval_manifest`` / ``eval_latent_files``
+    (``eval_latents_dir``). No held-out data for the source is a :class:`ConfigError`."""
+    from latentlm_jax.config.validate import EVAL_FIELDS, check_eval_data
+
+    if config.data.source not in EVAL_FIELDS:
+        raise ConfigError("data.source", f"must be one of {', '.join(ALL_SOURCES)}; "
+                                         f"got {config.data.source!r}")
+    with config.unlocked():
+        out = copy.deepcopy(config)
+    out.train.eval_every = max(int(out.train.eval_every), 1)  # check as if evaluating
+    check_eval_data(out)
+    d = out.data
+    d.shuffle, d.seed, d.num_workers = True, EVAL_SEED, 0
+    if d.source in ("shapes_tones_captions", "shapes_tones"):
+        d.split = d.eval_split or "test"
+    elif d.source == "tfds":
+        d.tfds_split = d.eval_split
+    elif d.source == "text_files":
+        d.text_files = tuple(d.eval_text_files)
+    elif d.source == "manifest":
+        d.manifest = d.eval_manifest
+    elif d.source == "latents":
+        d.latent_files = tuple(d.eval_latent_files) or _latents_dir_shards(out)
+    return out
+
+
+def _latents_dir_shards(config: mlc.ConfigDict) -> tuple[str, ...]:
+    """The shards of ``data.eval_latents_dir`` for the model's latent modalities."""
+    from latentlm_jax.data.latents_dir import read_descriptor
+
+    root = paths.as_str(config.data.eval_latents_dir)
+    try:
+        entries = read_descriptor(root)["modalities"]
+    except ConfigError as e:
+        raise ConfigError("data.eval_latents_dir", e.problem) from e
+    files = []
+    for m, dim in latent_dims(config.model).items():
+        entry = entries.get(MODALITY_NAMES[m])
+        if entry is None or int(entry["latent_dim"]) != dim:
+            raise ConfigError("data.eval_latents_dir", f"{root} has no {MODALITY_NAMES[m]} "
+                                                       f"latents of dim {dim}")
+        files.extend(str(paths.join(root, s)) for s in entry["shards"])
+    return tuple(files)
+
+
+def build_eval_rows(
+    config: mlc.ConfigDict,
+    *,
+    encode_image: Encoder | None = None,
+    encode_audio: Encoder | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The held-out set as packed rows: the documents of the first ``data.eval_examples``
+    elements of the held-out source (shuffled with :data:`EVAL_SEED`; fewer when the source is
+    shorter; bad or too-long examples skipped), packed greedily in order into ``[R, seq_len]``
+    arrays (docs/batch_format.md). Also returns ``doc_ids`` ``[R, seq_len]`` int32: each
+    position's document number in that order (-1 on padding), which fixes the eval noise draws
+    independently of packing. Every process builds the same rows."""
+    eval_config = eval_data_config(config)
+    d = eval_config.data
+    tokenizer = make_tokenizer(d)
+    policy = BadInputPolicy("skip")
+    try:
+        source = make_source(eval_config)
+    except ConfigError as e:  # name the held-out field, not the training one
+        from latentlm_jax.config.validate import EVAL_FIELDS
+
+        field = EVAL_FIELDS[d.source]
+        if d.source == "latents" and not config.data.eval_latent_files:
+            field = "eval_latents_dir"
+        raise ConfigError(f"data.{field}", e.problem) from e
+    docs_ds = build_document_dataset(
+        eval_config, process_index=0, process_count=1, tokenizer=tokenizer, policy=policy,
+        encode_image=encode_image, encode_audio=encode_audio, source=source)
+    packer = RowPacker(d.seq_len, latent_id=tokenizer.latent_id,
+                       latent_dim=max_latent_dim(config.model))
+    rows, row_docs, docs_in_row, kept = [], [], [], 0
+    for i in range(min(int(d.eval_examples), len(source))):
+        doc = docs_ds[i]
+        if doc is None:
+            continue
+        try:
+            packer.check(doc)
+        except DocumentTooLong:
+            continue
+        if not packer.add(doc):
+            rows.append(packer.flush())
+            row_docs.append(docs_in_row)
+            docs_in_row = []
+            packer.add(doc)
+        docs_in_row.append(kept)
+        kept += 1
+    if packer.used:
+        rows.append(packer.flush())
+        row_docs.append(docs_in_row)
+    if not rows:
+        raise ValueError(f"the held-out data of data.source={d.source!r} gave no usable document")
+    batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    lookup = np.full((len(rows), d.seq_len + 1), -1, np.int32)  # segment s → document number
+    for r, ids in enumerate(row_docs):
+        lookup[r, 1:len(ids) + 1] = ids
+    doc_ids = np.take_along_axis(lookup, batch["segment_ids"], axis=1)
+    return batch, doc_ids

@@ -29,6 +29,7 @@ class LMTask:
     def __init__(self, config: mlc.ConfigDict):
         self.multimodal = is_multimodal(config)
         self.loss_fn = latentlm_loss if self.multimodal else text_lm_loss
+        self._eval = None  # the held-out rows, built at the first evaluate
 
     def build_model(self, config: mlc.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
         if self.multimodal:
@@ -73,5 +74,14 @@ class LMTask:
     def items_per_step(self, config: mlc.ConfigDict) -> tuple[str, float]:
         return "tokens", float(config.train.global_batch_size * config.data.seq_len)
 
-    def evaluate(self, model, config, workdir, step):
-        return {}
+    def evaluate(self, model: nnx.Module, config: mlc.ConfigDict, workdir: str,
+                 step: int) -> dict[str, float]:
+        """Held-out ``loss``, ``text_ce``, ``text_bits_per_token`` and ``diffusion/<modality>``
+        on rows built once and kept (:class:`~latentlm_jax.lm.evaluate.HeldOutEval`)."""
+        del workdir, step
+        if self._eval is None:
+            from latentlm_jax.lm.evaluate import HeldOutEval
+
+            self._eval = HeldOutEval(config, self.multimodal, self.batch_logical_axes(config),
+                                     self.batch_dtypes(config))
+        return self._eval(model)
