@@ -38,11 +38,11 @@ Any other ``d<depth>w<width>`` (e.g. ``d4w128``, ``d36w3072``) is derived the sa
 CPU settings below width 768 (the authors' smallest), on the pod settings from 768 up; append
 ``-cpu`` or ``-pod`` to choose (``d2w1024-cpu``). Only the named pod sizes are proven to fit.
 
-Parallelism: FSDP over every chip of a slice, data parallelism across slices (``mesh.dcn.data``).
-Tensor parallelism (``--config.mesh.ici.tensor=N``; heads, SwiGLU widths and the vocabulary divide
-by 8 in every pod size) pays when the global batch has fewer rows than there are chips: the
-residual-stream activations are replicated over ``tensor``, so with ≥ 2 rows per chip, as here,
-it would add activation memory rather than save any.
+Parallelism: FSDP over every chip of a slice, data parallelism across slices (``mesh.dcn.data``),
+and tensor parallelism (``mesh.ici.tensor``; heads, SwiGLU widths and the vocabulary divide by 8
+in every pod size) only where a compile showed it pays (``TENSOR``): for ``13b`` tensor=4 needs
+63.67 GiB per chip against 92.98 with FSDP alone; for ``30b`` it needs 107.81, which does not fit,
+against 91.66 (docs/benchmarks.md "Tensor parallelism, measured").
 
 The head runs on ``target_fraction`` = half of each row's positions per modality; latent targets
 beyond that are dropped and counted (``*_latents_dropped`` in the metrics): raise it for data whose
@@ -67,6 +67,8 @@ SIZES = {
     "13b": (40, 5120),     # v5p:4x8x8, 256 chips, 1M tokens
     "30b": (48, 6144),     # 2 slices × v5p:4x8x8, 512 chips, 2M tokens
 }
+# Tensor-parallel degree where `latentlm bench memory` showed it lowers the peak (else 1).
+TENSOR = {"13b": 4}
 CPU_SIZES = {"t1": (2, 64), "t2": (3, 128), "t3": (4, 192), "t4": (6, 256)}
 POD_FROM_WIDTH = 768
 CPU_BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "latentlm_tiny.py")
@@ -85,7 +87,7 @@ def get_config(size: str = "base"):
         fit = tpu_sizing(c.model)
         c.target_topology, c.target_slices = fit["topology"], fit["slices"]
         c.train.global_batch_size = fit["global_batch_size"]
-        c.mesh.ici.data, c.mesh.ici.fsdp, c.mesh.ici.tensor = 1, -1, 1
+        c.mesh.ici.data, c.mesh.ici.fsdp, c.mesh.ici.tensor = 1, -1, TENSOR.get(size, 1)
         c.mesh.dcn.data = fit["slices"]
     else:
         c.model.dtype, c.model.attention = "float32", "xla"

@@ -54,7 +54,8 @@ def test_rules_reproduce_the_proven_family():
         assert (m.diffusion.batch_mul, m.diffusion.target_fraction) == (4, 0.5)
         assert (c.target_topology, c.target_slices, c.train.global_batch_size) == (
             topology, slices, batch), size
-        assert dict(c.mesh.ici) == {"data": 1, "fsdp": -1, "context": 1, "tensor": 1}
+        tensor = 4 if size == "13b" else 1  # measured: 63.67 GiB vs 92.98 with FSDP alone
+        assert dict(c.mesh.ici) == {"data": 1, "fsdp": -1, "context": 1, "tensor": tensor}
         assert dict(c.mesh.dcn) == {"data": slices, "fsdp": 1, "context": 1, "tensor": 1}
         assert (m.dtype, m.attention, m.scan_layers, m.remat_policy) == (
             "bfloat16", "splash", True, "full")
