@@ -70,6 +70,11 @@ def _generate(workdir, out, *extra) -> np.ndarray:
     return np.stack([np.asarray(Image.open(out / f"0000_0{i}.png")) for i in range(2)])
 
 
+def _manifest_weights(out) -> set[str]:
+    with open(out / "manifest.jsonl") as f:
+        return {json.loads(line)["weights"] for line in f}
+
+
 def _leaves(tree) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
@@ -91,6 +96,10 @@ def test_export_generates_identically_and_is_self_contained(runs, tmp_path):
         exported = _generate(moved, tmp_path / "b")
         np.testing.assert_array_equal(exported, original)  # bitwise, same seed
         assert original.std() > 0
+        assert _manifest_weights(tmp_path / "a") == _manifest_weights(tmp_path / "b") == {"ema"}
+        # the manifest names the weights used: an export of the raw ones says so unasked
+        _generate(runs / "ex_raw", tmp_path / "r")
+        assert _manifest_weights(tmp_path / "r") == {"raw"}
         # the export holds EMA weights only: asking for the raw ones is a one-line error
         assert main(["generate", "--workdir", str(moved), "--modality", "image", "--prompt", "x",
                      "--out", str(tmp_path / "c"), "--no-ema"]) == 2

@@ -142,8 +142,14 @@ def _text_to_media(args, requests: list[PromptRequest], model, config, step: int
     from latentlm_jax.generate.codecs import MediaCodec
     from latentlm_jax.generate.generator import Generator
     from latentlm_jax.modality import IMAGE, MODALITY_IDS, MODALITY_NAMES, latent_dims
+    from latentlm_jax.train.checkpoint_io import export_info, has_ema
     from latentlm_jax.train.metrics import format_duration
 
+    # The weights actually used, for the manifest: an export holds one kind; a run without an
+    # EMA has only the raw ones.
+    info = export_info(args.workdir)
+    weights = info["weights"] if info else (
+        "ema" if has_ema(config) and not args.no_ema else "raw")
     enabled = {MODALITY_IDS[r.modality] for r in requests}
     missing = ", ".join(MODALITY_NAMES[m] for m in sorted(enabled - set(latent_dims(config.model))))
     if missing:
@@ -176,7 +182,7 @@ def _text_to_media(args, requests: list[PromptRequest], model, config, step: int
         save_medium(path, modality, medium, rate)
 
     settings = {"workdir": paths.as_str(args.workdir), "step": step,
-                "weights": "raw" if args.no_ema else "ema", "sampler": opts.method,
+                "weights": weights, "sampler": opts.method,
                 "steps": opts.steps, "cfg_scale": opts.cfg_scale,
                 "temperature": opts.temperature}
     total = sum(r.count for r in requests)
