@@ -27,7 +27,12 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
 from latentlm_jax.config.loading import ConfigError
-from latentlm_jax.parallel.logical import constrain, current_rules, logical_to_mesh_spec
+from latentlm_jax.parallel.logical import (
+    constrain,
+    current_rules,
+    logical_to_mesh_spec,
+    target_platform,
+)
 
 IMPLEMENTATIONS = ("xla", "dot_product", "splash")
 _NEG_INF = -1e30  # large finite negative: fully-masked rows stay NaN-free
@@ -112,19 +117,9 @@ def _zero_padding(out: jax.Array, segment_ids: jax.Array) -> jax.Array:
     return jnp.where((segment_ids > 0)[:, :, None, None], out, 0)
 
 
-def _target_platform() -> str:
-    """The platform the program is being built for: the mesh's devices under
-    :func:`~latentlm_jax.parallel.logical.activation_rules` (an ahead-of-time TPU topology on a CPU
-    host too), else the default backend."""
-    ctx = current_rules()
-    if ctx is not None:
-        return ctx[0].devices.flat[0].platform
-    return jax.default_backend()
-
-
 def _dot_product_backend(q: jax.Array) -> str | None:
     """cuDNN's fused kernel on GPU for 16-bit inputs (it supports no float32); XLA otherwise."""
-    if _target_platform() in ("gpu", "cuda") and q.dtype in (jnp.bfloat16, jnp.float16):
+    if target_platform() in ("gpu", "cuda") and q.dtype in (jnp.bfloat16, jnp.float16):
         return "cudnn"
     return None
 
@@ -185,7 +180,7 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array,
         SegmentIds,
     )
 
-    platform = _target_platform()
+    platform = target_platform()
     if platform != "tpu" and not _INTERPRET:
         raise ConfigError("model.attention", f"'splash' runs only on TPU, not on {platform}; "
                                              f"use 'dot_product' or 'xla'")

@@ -25,6 +25,7 @@ from flax import nnx
 
 from latentlm_jax.diffusion.embedding import timestep_embedding
 from latentlm_jax.models.layers import Dense, RMSNorm, SwiGLU
+from latentlm_jax.models.linear import linear
 from latentlm_jax.parallel.logical import constrain, param
 
 
@@ -45,7 +46,7 @@ class AdaLN(nnx.Module):
 
     def __call__(self, silu_c: jax.Array) -> jax.Array:
         dt = self.dtype
-        out = jnp.einsum("...e,enf->...nf", silu_c.astype(dt), self.kernel[...].astype(dt))
+        out = linear(silu_c.astype(dt), self.kernel[...].astype(dt))
         return out + self.bias[...].astype(dt)
 
 

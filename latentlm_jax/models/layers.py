@@ -18,6 +18,7 @@ from latentlm_jax.models.attention import (  # noqa: F401  (re-exported: the ref
     dot_product_attention,
     self_attention,
 )
+from latentlm_jax.models.linear import linear
 from latentlm_jax.parallel.logical import constrain, param
 
 
@@ -72,7 +73,7 @@ class Dense(nnx.Module):
         self.kernel = param(init, rngs.params(), (in_dim, out_dim), names)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        return linear(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
 
 
 def rope_angles(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
@@ -87,13 +88,16 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     """Rotary embedding on x [B, L, H, D] at integer positions [B, L].
 
     "Rotate-half" layout: dims (i, i + D/2) form the rotated pair with frequency theta^(-2i/D).
+    The halves are viewed as an axis of 2 and swapped by reversing it: (x1, x2)·cos + (x2, x1)·
+    (−sin, sin), with no split and concatenate (which XLA:CPU runs as separate copies).
     """
+    half = x.shape[-1] // 2
     cos, sin = rope_angles(positions, x.shape[-1], theta)
-    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-    x32 = x.astype(jnp.float32)
-    x1, x2 = jnp.split(x32, 2, axis=-1)
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return out.astype(x.dtype)
+    cos = jnp.stack([cos, cos], axis=-2)[:, :, None]  # [B, L, 1, 2, D/2]
+    sin = jnp.stack([-sin, sin], axis=-2)[:, :, None]
+    x32 = x.astype(jnp.float32).reshape(*x.shape[:-1], 2, half)
+    out = x32 * cos + x32[..., ::-1, :] * sin
+    return out.reshape(x.shape).astype(x.dtype)
 
 
 class Attention(nnx.Module):
@@ -120,9 +124,9 @@ class Attention(nnx.Module):
         """Projected, RoPE-rotated q, k and v for inputs x [B, L, E] at positions [B, L]."""
         dt = self.dtype
         x = x.astype(dt)
-        q = jnp.einsum("ble,ehd->blhd", x, self.q[...].astype(dt))
-        k = jnp.einsum("ble,ehd->blhd", x, self.k[...].astype(dt))
-        v = jnp.einsum("ble,ehd->blhd", x, self.v[...].astype(dt))
+        q = linear(x, self.q[...].astype(dt))
+        k = linear(x, self.k[...].astype(dt))
+        v = linear(x, self.v[...].astype(dt))
         q = constrain(q, ("batch", "length", "act_heads", "head_dim"))
         k = constrain(k, ("batch", "length", "act_kv_heads", "head_dim"))
         v = constrain(v, ("batch", "length", "act_kv_heads", "head_dim"))
@@ -130,7 +134,8 @@ class Attention(nnx.Module):
         return q, apply_rope(k, positions, self.rope_theta), v
 
     def out(self, attn: jax.Array) -> jax.Array:
-        y = jnp.einsum("blhd,hde->ble", attn, self.o[...].astype(self.dtype))
+        o = self.o[...].astype(self.dtype)
+        y = linear(attn.reshape(*attn.shape[:-2], -1), o.reshape(-1, o.shape[-1]))
         return constrain(y, ("batch", "length", "act_embed"))
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
@@ -173,7 +178,7 @@ class SwiGLU(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = self.dtype
         x = x.astype(dt)
-        h = jax.nn.silu(x @ self.gate[...].astype(dt)) * (x @ self.up[...].astype(dt))
+        h = jax.nn.silu(linear(x, self.gate[...].astype(dt))) * linear(x, self.up[...].astype(dt))
         if h.ndim == 3:
             h = constrain(h, ("batch", "length", "act_mlp"))
-        return h @ self.down[...].astype(dt)
+        return linear(h, self.down[...].astype(dt))

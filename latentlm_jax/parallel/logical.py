@@ -99,6 +99,16 @@ def current_rules() -> tuple[Mesh, tuple] | None:
     return getattr(_CTX, "value", None)
 
 
+def target_platform() -> str:
+    """The platform the program is being built for: the mesh's devices under
+    :func:`activation_rules` (an ahead-of-time TPU topology on a CPU host too), else the default
+    backend."""
+    ctx = current_rules()
+    if ctx is not None:
+        return ctx[0].devices.flat[0].platform
+    return jax.default_backend()
+
+
 def constrain(x: jax.Array, names: LogicalNames) -> jax.Array:
     """``with_sharding_constraint`` by logical names; a no-op outside :func:`activation_rules`."""
     ctx = getattr(_CTX, "value", None)

@@ -1,0 +1,56 @@
+"""The one projection every weight matmul goes through: ``x[..., in] · w[in, *out]``.
+
+On accelerators it is a plain ``tensordot`` and autodiff gives the backward pass. On CPU it carries
+its own backward pass, because of how XLA:CPU lays out the weight gradient (docs/benchmarks.md,
+"profile findings"): dW = xᵀ·dy contracts the token dimension, which is the major dimension of
+both operands, so XLA transposes one of them — and when it fuses the elementwise producer of dy
+(the SwiGLU or adaLN backward) into that transpose, the fused loop writes in transposed order and
+runs at a fraction of memory speed (a [8192, 1344] transpose took ~90 ms instead of ~10). An
+``optimization_barrier`` on dy keeps the producer out of the transpose; the matmuls are the same
+ones autodiff would emit, so results agree to float rounding (tests/test_linear.py).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from latentlm_jax.parallel.logical import target_platform
+
+
+def _forward(x: jax.Array, w: jax.Array) -> jax.Array:
+    return jnp.tensordot(x, w, axes=1)
+
+
+@jax.custom_vjp
+def _linear_cpu(x: jax.Array, w: jax.Array) -> jax.Array:
+    return _forward(x, w)
+
+
+def _linear_cpu_fwd(x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return _forward(x, w), (x, w)
+
+
+def _linear_cpu_bwd(res: tuple[jax.Array, jax.Array], dy: jax.Array
+                    ) -> tuple[jax.Array, jax.Array]:
+    x, w = res
+    dy = jax.lax.optimization_barrier(dy)
+    out_axes = list(range(1, w.ndim))  # w [in, *out]; dy [..., *out]
+    dx = jnp.tensordot(dy, w, axes=(list(range(x.ndim - 1, dy.ndim)), out_axes))
+    lead = list(range(x.ndim - 1))
+    dw = jnp.tensordot(x, dy, axes=(lead, lead))
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_linear_cpu.defvjp(_linear_cpu_fwd, _linear_cpu_bwd)
+
+
+def linear(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x[..., in]`` times ``w[in, *out]`` → ``[..., *out]`` (operands already in the compute
+    dtype). The backward pass is CPU-specific where the target platform is the CPU (see the module
+    docstring); the forward is the same everywhere."""
+    if x.shape[-1] != w.shape[0]:
+        raise ValueError(f"linear: x {x.shape} and w {w.shape} do not contract")
+    if target_platform() == "cpu":
+        return _linear_cpu(x, w)
+    return _forward(x, w)
