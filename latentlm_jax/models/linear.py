@@ -5,8 +5,9 @@ its own backward pass, because of how XLA:CPU lays out the weight gradient (docs
 "profile findings"): dW = xᵀ·dy contracts the token dimension, which is the major dimension of
 both operands, so XLA transposes one of them — and when it fuses the elementwise producer of dy
 (the SwiGLU or adaLN backward) into that transpose, the fused loop writes in transposed order and
-runs at a fraction of memory speed (a [8192, 1344] transpose took ~90 ms instead of ~10). An
-``optimization_barrier`` on dy keeps the producer out of the transpose; the matmuls are the same
+runs at a fraction of memory speed (a [8192, 1344] transpose took ~90 ms instead of ~10); the
+same happens to x when XLA recomputes its elementwise producer (a norm, a modulation) inside the
+transpose. An ``optimization_barrier`` on (x, dy) keeps both producers out; the matmuls are the same
 ones autodiff would emit, so results agree to float rounding (tests/test_linear.py).
 """
 
@@ -34,11 +35,13 @@ def _linear_cpu_fwd(x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple[jax.Ar
 def _linear_cpu_bwd(res: tuple[jax.Array, jax.Array], dy: jax.Array
                     ) -> tuple[jax.Array, jax.Array]:
     x, w = res
-    dy = jax.lax.optimization_barrier(dy)
+    x, dy = jax.lax.optimization_barrier((x, dy))
     out_axes = list(range(1, w.ndim))  # w [in, *out]; dy [..., *out]
     dx = jnp.tensordot(dy, w, axes=(list(range(x.ndim - 1, dy.ndim)), out_axes))
-    lead = list(range(x.ndim - 1))
-    dw = jnp.tensordot(x, dy, axes=(lead, lead))
+    # dW as one 2-D xᵀ·dy: XLA:CPU then runs it as one matmul with a transposed operand and no
+    # copy; a tensordot over the leading axes became a YNNPACK dot fed by a transpose copy.
+    x2 = x.reshape(-1, x.shape[-1])
+    dw = jnp.dot(x2.T, dy.reshape(x2.shape[0], -1)).reshape(w.shape)
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
