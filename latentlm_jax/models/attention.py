@@ -1,7 +1,9 @@
 """Causal, packed-document attention with grouped KV heads, in three interchangeable
 implementations chosen by ``model.attention`` (docs/attention.md):
 
-- ``xla``: the reference. Explicit float32 scores [B, K, G, L, L] and a boolean [B, 1, L, L] mask.
+- ``xla``: explicit float32 scores [B, K, G, L, L] under an additive mask, heads-major with a
+  hand-written backward (:mod:`latentlm_jax.models.attention_core`); :func:`dot_product_attention`
+  is the plain reference it is tested against, and what decoding uses.
 - ``dot_product``: :func:`jax.nn.dot_product_attention` with ``is_causal`` and a boolean
   same-document mask; cuDNN's fused (flash) kernel on GPU for bf16/f16, XLA elsewhere.
 - ``splash``: the Pallas splash-attention kernel (TPU only) with segment ids and a causal mask,
@@ -27,6 +29,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
 from latentlm_jax.config.loading import ConfigError
+from latentlm_jax.models import attention_core
 from latentlm_jax.parallel.logical import (
     constrain,
     current_rules,
@@ -86,10 +89,9 @@ def self_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Ar
     k = constrain(k, ("batch", None, "act_kv_heads", "head_dim"))
     v = constrain(v, ("batch", None, "act_kv_heads", "head_dim"))
     kv_segment = constrain(segment_ids, ("batch", None))
-    idx = jnp.broadcast_to(jnp.arange(q.shape[1], dtype=jnp.int32), segment_ids.shape)
     if implementation == "xla":
-        mask = attention_mask(segment_ids, kv_segment, idx, constrain(idx, ("batch", None)))
-        out = dot_product_attention(q, k, v, mask)
+        out = _zero_padding(attention_core.attention(
+            q, k, v, attention_core.causal_bias(segment_ids, kv_segment)), segment_ids)
     else:
         # Boolean same-document mask; causality comes from is_causal (cuDNN skips the blocks).
         same = segment_ids[:, None, :, None] == kv_segment[:, None, None, :]

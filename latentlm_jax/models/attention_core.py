@@ -1,0 +1,83 @@
+"""The ``xla`` self-attention of training: softmax(q kᵀ / √d + bias) v, heads-major, with its own
+backward pass.
+
+Same maths as :func:`latentlm_jax.models.attention.dot_product_attention` (the explicit reference,
+still used for decoding), arranged for speed (docs/benchmarks.md, "profile findings"):
+
+- q, k, v are moved once to heads-major [B, K, G, L, D] / [B, K, S, D], so every score and value
+  matmul is a plain batched matmul (batch B·K, rows G·L) instead of a 5-D contraction XLA
+  re-lays out per use;
+- the mask is an additive float32 bias [B, 1, 1, L, S] built once per step (loop-invariant, so
+  hoisted out of a layer scan), not two selects per layer;
+- the backward is written out (dV = Pᵀ dO; dS = P ⊙ (dP − rowsum(P ⊙ dP)); dQ = dS K; dK = dSᵀ Q)
+  from the saved probabilities P, which is what autodiff computes, minus the selects' backward.
+
+Every query must see at least one key (true for causal self-attention: a query sees itself);
+padding queries (segment 0) see a row of −1e30 biases, get a uniform average and are zeroed by the
+caller, so they pass no gradient back.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+NEG_BIAS = -1e30  # large finite negative: exp underflows to 0, no inf − inf NaNs
+
+
+def causal_bias(q_segment: jax.Array, kv_segment: jax.Array) -> jax.Array:
+    """[B, 1, 1, Lq, Lk] float32: 0 where key j is in query i's (non-padding) document and
+    j ≤ i (indices in the row), ``NEG_BIAS`` elsewhere."""
+    lq, lk = q_segment.shape[1], kv_segment.shape[1]
+    causal = jnp.arange(lk)[None, :] <= jnp.arange(lq)[:, None]
+    same = (q_segment[:, :, None] == kv_segment[:, None, :]) & (kv_segment[:, None, :] > 0)
+    allowed = same & causal[None]
+    return jnp.where(allowed, 0.0, NEG_BIAS).astype(jnp.float32)[:, None, None]
+
+
+def _heads_major(q: jax.Array, k: jax.Array, v: jax.Array):
+    b, lq, h, d = q.shape
+    kh = k.shape[2]
+    qg = q.reshape(b, lq, kh, h // kh, d).transpose(0, 2, 3, 1, 4)  # [B, K, G, L, D]
+    return qg, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, S, D]
+
+
+def _probs(qg: jax.Array, kt: jax.Array, bias: jax.Array) -> jax.Array:
+    scale = 1.0 / jnp.sqrt(jnp.float32(qg.shape[-1]))
+    s = jnp.einsum("bkgqd,bksd->bkgqs", qg, kt, preferred_element_type=jnp.float32)
+    return jax.nn.softmax(s * scale + bias, axis=-1)
+
+
+@jax.custom_vjp
+def _core(qg: jax.Array, kt: jax.Array, vt: jax.Array, bias: jax.Array) -> jax.Array:
+    p = _probs(qg, kt, bias)
+    return jnp.einsum("bkgqs,bksd->bkgqd", p.astype(vt.dtype), vt)
+
+
+def _core_fwd(qg, kt, vt, bias):
+    p = _probs(qg, kt, bias)
+    out = jnp.einsum("bkgqs,bksd->bkgqd", p.astype(vt.dtype), vt)
+    return out, (qg, kt, vt, p)
+
+
+def _core_bwd(res, dout):
+    qg, kt, vt, p = res
+    scale = 1.0 / jnp.sqrt(jnp.float32(qg.shape[-1]))
+    dt = vt.dtype
+    dv = jnp.einsum("bkgqs,bkgqd->bksd", p.astype(dt), dout)
+    dp = jnp.einsum("bkgqd,bksd->bkgqs", dout, vt, preferred_element_type=jnp.float32)
+    ds = (p * (dp - jnp.sum(p * dp, axis=-1, keepdims=True)) * scale).astype(dt)
+    dq = jnp.einsum("bkgqs,bksd->bkgqd", ds, kt)
+    dk = jnp.einsum("bkgqs,bkgqd->bksd", ds, qg)
+    return dq.astype(qg.dtype), dk.astype(kt.dtype), dv.astype(vt.dtype), None
+
+
+_core.defvjp(_core_fwd, _core_bwd)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
+    """q [B, L, H, D]; k, v [B, S, K, D] (H % K == 0); bias from :func:`causal_bias`.
+    Returns [B, L, H, D] in q's dtype (rows whose bias is all ``NEG_BIAS`` are not zeroed here)."""
+    b, lq, h, d = q.shape
+    out = _core(*_heads_major(q, k, v), bias)  # [B, K, G, L, D]
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, lq, h, d).astype(q.dtype)
