@@ -8,7 +8,10 @@ from __future__ import annotations
 
 TEXT_SOURCES = ("shapes_tones_captions", "text_files")
 EXAMPLE_SOURCES = ("shapes_tones", "manifest", "tfds", "latents")
-ALL_SOURCES = TEXT_SOURCES + EXAMPLE_SOURCES
+# A fixed random batch in the layout of docs/benchmarks.md, read only by `latentlm bench train`
+# (latentlm_jax/data/synthetic.py); every other command refuses it.
+BENCH_SOURCES = ("synthetic",)
+ALL_SOURCES = TEXT_SOURCES + EXAMPLE_SOURCES + BENCH_SOURCES
 # The built-in "shapes & tones" data, under its two names (captions only / whole examples).
 BUILTIN_SOURCES = ("shapes_tones_captions", "shapes_tones")
 # Sources of images and audio a σ-VAE run (task vae_image / vae_audio) trains and is evaluated on:

@@ -83,6 +83,10 @@ def make_source(config: mlc.ConfigDict, only: str | None = None):
 
 
 def _open_source(d: mlc.ConfigDict, only: str | None):
+    if d.source == "synthetic":
+        raise ConfigError("data.source", "'synthetic' is a fixed random batch that only "
+                                         "`latentlm bench train` reads; training and the other "
+                                         "commands need real data")
     if d.source == "shapes_tones_captions":
         from latentlm_jax.data.sources import CaptionSource
 

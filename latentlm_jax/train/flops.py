@@ -92,6 +92,25 @@ def latentlm_extra_flops_per_row(m: mlc.ConfigDict, seq_len: int) -> float:
     return inputs + heads
 
 
+def lm_flops_split(config: mlc.ConfigDict) -> dict[str, float]:
+    """The LM task's model FLOPs per step (``LMTask.flops_per_step``) in three parts that sum to
+    it: ``backbone`` (decoder and LM-head weight matmuls, 6 per weight per token, and the latent
+    input projections), ``attention`` (QKᵀ and PV over the full L × L scores) and ``head`` (every
+    modality's diffusion head with its condition projection and K draws)."""
+    m = config.model
+    rows, seq_len = config.train.global_batch_size, config.data.seq_len
+    tokens = rows * seq_len
+    attention = 3.0 * _attention_forward_flops(m, seq_len) * tokens
+    backbone = transformer_flops_per_token(m, seq_len) * tokens - attention
+    dims = latent_dims(m)
+    head = 0.0
+    if dims:
+        slots = head_slots_per_row(m, seq_len) * rows
+        head = sum(diffusion_head_flops_per_slot(m, d) for d in dims.values()) * slots
+        backbone += latentlm_extra_flops_per_row(m, seq_len) * rows - head
+    return {"backbone": backbone, "attention": attention, "head": head}
+
+
 def calibrate_peak_tflops(dtype: str = "float32", size: int = 1024, repeats: int = 5) -> float:
     """Measured matmul TFLOP/s of one local device (the CPU's cores are shared by its devices)."""
     dt = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
