@@ -26,13 +26,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     family.add_argument("--sizes", default="",
                         help="comma-separated config arguments to prove, e.g. base,medium")
 
-    gen = kinds.add_parser("generate", help="generation speed of a LatentLM (tokens/s, backbone "
-                                            "vs head, decode cost at positions 64 and 512)")
+    gen = kinds.add_parser("generate", help="generation speed of a LatentLM: one span of N "
+                                            "latents split into backbone-only decode and "
+                                            "diffusion-head solver time, decode cost at "
+                                            "positions 64 and 512")
     gen.add_argument("--workdir", default="", help="a trained LatentLM run")
     add_config_argument(gen, required=False)
     gen.add_argument("--batch", type=int, default=8)
     gen.add_argument("--steps", type=int, default=20, help="solver steps per latent")
     gen.add_argument("--cfg-scale", type=float, default=3.0)
+    gen.add_argument("--span", type=int, default=0,
+                     help="latents per generated span (default: the config's image latent grid)")
+    gen.add_argument("--repeats", type=int, default=3, help="timed runs per figure (best kept)")
+
+    train = kinds.add_parser("train", help="train step time, tokens/s, TFLOP/s and MFU against "
+                                           "a matmul peak measured here; the split of a step "
+                                           "(backbone, diffusion head, optimizer, data)")
+    add_config_argument(train)
+    train.add_argument("--steps", type=int, default=5, help="timed steps (and calls per part)")
+    train.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
+    train.add_argument("--json", default="", help="append one JSON line with every figure here")
+    train.add_argument("--no-xla-flops", action="store_true",
+                       help="skip XLA's cost analysis of the step (one more lowering)")
 
     data = kinds.add_parser("data", help="input pipeline throughput per source vs the train step")
     add_config_argument(data)
@@ -51,11 +66,42 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args)
     quiet_logs()
     if args.kind == "data":
+        from latentlm_jax.cli.train import check_input_files
+        from latentlm_jax.data.latents_dir import resolve_latents_dir
+
+        resolve_latents_dir(config)
+        check_input_files(config)  # missing latents / manifest: one line, before any timing
         return _bench_data(config, args)
     if args.kind == "memory":
         from latentlm_jax.cli.bench_memory import run_memory
 
         return run_memory(config, args)
+    if args.kind == "train":
+        return _bench_train(config, args)
+    return 0
+
+
+def _bench_train(config, args: argparse.Namespace) -> int:
+    import json
+
+    from latentlm_jax import paths
+    from latentlm_jax.bench.train import bench_train, report_lines
+
+    if config.data.source != "synthetic":  # real data: its files exist, one line if not
+        from latentlm_jax.cli.train import check_input_files
+        from latentlm_jax.data.latents_dir import resolve_latents_dir
+
+        resolve_latents_dir(config)
+        check_input_files(config)
+    out = bench_train(config, steps=args.steps, warmup=args.warmup,
+                      xla_flops=not args.no_xla_flops)
+    print(f"bench train: {args.config} {' '.join(args.config_overrides)}".rstrip())
+    for line in report_lines(out, config):
+        print(line)
+    if args.json:
+        out.update(config=args.config, overrides=list(args.config_overrides))
+        with paths.open_file(args.json, "a") as f:
+            f.write(json.dumps(out) + "\n")
     return 0
 
 
@@ -97,6 +143,11 @@ def _bench_generate(args: argparse.Namespace) -> int:
     from latentlm_jax.data.tokenizer import make_tokenizer
     from latentlm_jax.generate.generator import SamplingOptions
 
+    for flag in ("batch", "steps", "repeats"):
+        if getattr(args, flag) < 1:
+            raise ConfigError("", f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if args.span < 0:
+        raise ConfigError("", f"--span must be at least 1 (0 = the image grid), got {args.span}")
     if args.workdir:
         from latentlm_jax.train.checkpoint_io import load_model
 
@@ -115,16 +166,24 @@ def _bench_generate(args: argparse.Namespace) -> int:
     from latentlm_jax.vae.config import image_latent_shape
 
     h, w, _ = image_latent_shape(config.vae)
-    opts = SamplingOptions(steps=args.steps, cfg_scale=args.cfg_scale)
+    opts = SamplingOptions(steps=args.steps, cfg_scale=args.cfg_scale,
+                           max_audio_latents=args.span or SamplingOptions.max_audio_latents)
     out = run_all(model, config.model, make_tokenizer(config.data), batch=args.batch,
-                  image_latents=h * w, opts=opts)
+                  image_latents=args.span or h * w, opts=opts, repeats=args.repeats)
     m = config.model
-    print(f"model: {source}: {m.num_layers} layers × {m.emb_dim}, head depth {m.head.depth}; "
-          f"batch {args.batch}, {opts.method} {opts.steps} steps, cfg {opts.cfg_scale}")
-    print(f"  latent tokens/s (end to end):   {out['latent_tokens_per_sec']:10.1f}")
-    print(f"  backbone ms per latent:         {out['backbone_ms_per_latent']:10.2f}")
-    print(f"  diffusion head ms per latent:   {out['head_ms_per_latent']:10.2f} "
-          f"({out['head_fraction']:.0%} of the time)")
+    n, ms = int(out["latents"]), 1e3
+    print(f"model: {source}: {m.num_layers} layers × {m.emb_dim} ({m.num_heads} heads, mlp "
+          f"{m.mlp_dim}), head depth {m.head.depth} width {m.head.width or m.emb_dim}; "
+          f"{m.dtype}")
+    print(f"span of {n} latents, batch {args.batch} ({int(out['rows'])} rows with the CFG "
+          f"twins), {opts.method} {opts.steps} steps, cfg {opts.cfg_scale}")
+    print(f"  total per span:                 {ms * out['total']:10.1f} ms "
+          f"({out['latent_tokens_per_sec']:.1f} latent tokens/s)")
+    print(f"  backbone-only decode of span:   {ms * out['backbone']:10.1f} ms "
+          f"({n} cached steps, no head)")
+    print(f"  head (solver) per span:         {ms * out['head']:10.1f} ms "
+          f"({ms * out['head'] / n:.2f} ms per latent)")
+    print(f"  total / backbone-only:          {out['ratio']:10.2f}")
     for key, value in out.items():
         if key.startswith("decode_ms_at_"):
             print(f"  decode step at position {key.rsplit('_', 1)[1]:>4}:  {value:10.2f} ms")

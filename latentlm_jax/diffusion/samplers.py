@@ -17,6 +17,10 @@ last step, from τ_{M−1} to zero noise (α = 1, σ = 0), returns the predicted
 
 ``temperature`` scales the initial noise x_{τ_0} ~ N(0, temperature² I) and the noise injected by
 ``ddpm`` / ``ddim`` with η > 0. Loops run under ``lax.scan``; everything is jit-friendly.
+
+With ``step_indexed=True`` the model function is called as ``model_fn(x_t, t, i)``, i the index of
+t in the grid (:func:`sampling_grid`): a caller can then precompute whatever depends on t alone
+for all steps at once (the diffusion head's adaLN modulations) and slice it per step.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from latentlm_jax.diffusion.loss import prediction_to_eps_x0
 from latentlm_jax.diffusion.schedules import NoiseSchedule
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
+IndexedModelFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]  # (x_t, t, step index)
 
 METHODS = ("ddpm", "ddim", "dpm++2m")
 SPACINGS = ("time", "logsnr")
@@ -51,9 +56,10 @@ def cfg_model_fn(cond_fn: ModelFn, uncond_fn: ModelFn, scale: float | jax.Array)
 
 def batched_cfg_model_fn(joint_fn: ModelFn, scale: float | jax.Array) -> ModelFn:
     """Guidance with one model call: ``joint_fn`` gets x_t stacked twice, [2N, …], and returns
-    the conditional outputs in its first N rows and the unconditional ones in the last N."""
-    def fn(x_t: jax.Array, t: jax.Array) -> jax.Array:
-        out = joint_fn(jnp.concatenate([x_t, x_t], axis=0), t)
+    the conditional outputs in its first N rows and the unconditional ones in the last N (a
+    step-indexed ``joint_fn`` gives a step-indexed guided function)."""
+    def fn(x_t: jax.Array, t: jax.Array, *step: jax.Array) -> jax.Array:
+        out = joint_fn(jnp.concatenate([x_t, x_t], axis=0), t, *step)
         n = x_t.shape[0]
         return guide(out[:n], out[n:], scale)
     return fn
@@ -108,9 +114,13 @@ def timesteps(schedule: NoiseSchedule, num_steps: int, spacing: str = "time",
 
 
 # -- solvers -------------------------------------------------------------------------------------
-def _denoise(model_fn: ModelFn, x: jax.Array, t: jax.Array, schedule: NoiseSchedule,
-             prediction: str) -> tuple[jax.Array, jax.Array]:
-    pred = model_fn(x, t).astype(jnp.float32)
+def _indexed(model_fn: ModelFn | IndexedModelFn, step_indexed: bool) -> IndexedModelFn:
+    return model_fn if step_indexed else (lambda x, t, i: model_fn(x, t))
+
+
+def _denoise(model_fn: IndexedModelFn, x: jax.Array, t: jax.Array, i: jax.Array | int,
+             schedule: NoiseSchedule, prediction: str) -> tuple[jax.Array, jax.Array]:
+    pred = model_fn(x, t, jnp.int32(i)).astype(jnp.float32)
     return prediction_to_eps_x0(pred, x, schedule.alpha_t(t), schedule.sigma_t(t), prediction)
 
 
@@ -123,14 +133,15 @@ def _init(shape, key, temperature, grid_len) -> tuple[jax.Array, jax.Array]:
 def ddim(model_fn: ModelFn, shape: tuple[int, ...], key: jax.Array, *, schedule: NoiseSchedule,
          num_steps: int = 50, eta: float = 0.0, temperature: float = 1.0,
          prediction: str = "eps", spacing: str = "time",
-         lambda_min: float | None = LAMBDA_MIN) -> jax.Array:
+         lambda_min: float | None = LAMBDA_MIN, step_indexed: bool = False) -> jax.Array:
     """DDIM (Song et al. 2021) with stochasticity η; see the module docstring."""
     grid = timesteps(schedule, num_steps, spacing, lambda_min)
     x, keys = _init(shape, key, temperature, num_steps)
+    model_fn = _indexed(model_fn, step_indexed)
 
     def step(x, inp):
-        t, s, k = inp
-        eps, x0 = _denoise(model_fn, x, t, schedule, prediction)
+        i, t, s, k = inp
+        eps, x0 = _denoise(model_fn, x, t, i, schedule, prediction)
         a_t, a_s = schedule.alpha_t(t), schedule.alpha_t(s)
         sig_t, sig_s = schedule.sigma_t(t), schedule.sigma_t(s)
         c = eta * (sig_s / sig_t) * jnp.sqrt(jnp.maximum(1.0 - (a_t / a_s) ** 2, 0.0))
@@ -138,20 +149,23 @@ def ddim(model_fn: ModelFn, shape: tuple[int, ...], key: jax.Array, *, schedule:
         noise = jax.random.normal(k, x.shape, jnp.float32)
         return a_s * x0 + dir_scale * eps + temperature * c * noise, None
 
-    x, _ = jax.lax.scan(step, x, (grid[:-1], grid[1:], keys[: num_steps - 1]))
-    return _denoise(model_fn, x, grid[-1], schedule, prediction)[1]
+    steps = jnp.arange(num_steps - 1)
+    x, _ = jax.lax.scan(step, x, (steps, grid[:-1], grid[1:], keys[: num_steps - 1]))
+    return _denoise(model_fn, x, grid[-1], num_steps - 1, schedule, prediction)[1]
 
 
 def ddpm(model_fn: ModelFn, shape: tuple[int, ...], key: jax.Array, *, schedule: NoiseSchedule,
          num_steps: int = 1000, temperature: float = 1.0, prediction: str = "eps",
-         spacing: str = "time", lambda_min: float | None = LAMBDA_MIN) -> jax.Array:
+         spacing: str = "time", lambda_min: float | None = LAMBDA_MIN,
+         step_indexed: bool = False) -> jax.Array:
     """Ancestral sampling on the (respaced) chain with the posterior variance β̃."""
     grid = timesteps(schedule, num_steps, spacing, lambda_min)
     x, keys = _init(shape, key, temperature, num_steps)
+    model_fn = _indexed(model_fn, step_indexed)
 
     def step(x, inp):
-        t, s, k = inp
-        _, x0 = _denoise(model_fn, x, t, schedule, prediction)
+        i, t, s, k = inp
+        _, x0 = _denoise(model_fn, x, t, i, schedule, prediction)
         la_t, la_s = schedule.log_alpha_bar(t), schedule.log_alpha_bar(s)
         beta = -jnp.expm1(la_t - la_s)  # β' = 1 − ᾱ_t/ᾱ_s, the respaced step
         one_m_t, one_m_s = -jnp.expm1(la_t), -jnp.expm1(la_s)  # 1 − ᾱ
@@ -161,14 +175,16 @@ def ddpm(model_fn: ModelFn, shape: tuple[int, ...], key: jax.Array, *, schedule:
         noise = jax.random.normal(k, x.shape, jnp.float32)
         return mean + temperature * jnp.sqrt(var) * noise, None
 
-    x, _ = jax.lax.scan(step, x, (grid[:-1], grid[1:], keys[: num_steps - 1]))
-    return _denoise(model_fn, x, grid[-1], schedule, prediction)[1]
+    steps = jnp.arange(num_steps - 1)
+    x, _ = jax.lax.scan(step, x, (steps, grid[:-1], grid[1:], keys[: num_steps - 1]))
+    return _denoise(model_fn, x, grid[-1], num_steps - 1, schedule, prediction)[1]
 
 
 def dpm_solver_pp_2m(model_fn: ModelFn, shape: tuple[int, ...], key: jax.Array, *,
                      schedule: NoiseSchedule, num_steps: int = 20, temperature: float = 1.0,
                      prediction: str = "eps", spacing: str = "time",
-         lambda_min: float | None = LAMBDA_MIN) -> jax.Array:
+                     lambda_min: float | None = LAMBDA_MIN,
+                     step_indexed: bool = False) -> jax.Array:
     """DPM-Solver++(2M) (Lu et al. 2022), data prediction, h_i = λ_{τ_{i+1}} − λ_{τ_i}:
 
         x_{i+1} = (σ_{i+1}/σ_i) x_i − α_{i+1} (e^{−h_i} − 1) D_i,
@@ -177,11 +193,12 @@ def dpm_solver_pp_2m(model_fn: ModelFn, shape: tuple[int, ...], key: jax.Array, 
     with D_0 = x̂₀_0 (first step first-order) and the final step to σ = 0 returning x̂₀."""
     grid = timesteps(schedule, num_steps, spacing, lambda_min)
     x, _ = _init(shape, key, temperature, num_steps)
+    model_fn = _indexed(model_fn, step_indexed)
 
     def step(carry, inp):
         x, x0_prev, h_prev = carry
         i, t, s = inp
-        _, x0 = _denoise(model_fn, x, t, schedule, prediction)
+        _, x0 = _denoise(model_fn, x, t, i, schedule, prediction)
         h = schedule.lambda_t(s) - schedule.lambda_t(t)
         first = i == 0
         r = jnp.where(first, 1.0, h_prev / h)
@@ -193,19 +210,27 @@ def dpm_solver_pp_2m(model_fn: ModelFn, shape: tuple[int, ...], key: jax.Array, 
     carry = (x, jnp.zeros_like(x), jnp.float32(1.0))
     inputs = (jnp.arange(num_steps - 1), grid[:-1], grid[1:])
     (x, _, _), _ = jax.lax.scan(step, carry, inputs)
-    return _denoise(model_fn, x, grid[-1], schedule, prediction)[1]
+    return _denoise(model_fn, x, grid[-1], num_steps - 1, schedule, prediction)[1]
 
 
-def sample(method: str, model_fn: ModelFn, shape: tuple[int, ...], key: jax.Array, *,
-           num_steps: int, schedule: NoiseSchedule, temperature: float = 1.0,
+def sampling_grid(method: str, schedule: NoiseSchedule, num_steps: int,
+                  spacing: str | None = None, lambda_min: float | None = LAMBDA_MIN) -> jax.Array:
+    """The evaluation times :func:`sample` uses for these arguments (step i evaluates at [i])."""
+    return timesteps(schedule, num_steps, spacing or DEFAULT_SPACING.get(method, "time"),
+                     lambda_min)
+
+
+def sample(method: str, model_fn: ModelFn | IndexedModelFn, shape: tuple[int, ...],
+           key: jax.Array, *, num_steps: int, schedule: NoiseSchedule, temperature: float = 1.0,
            prediction: str = "eps", spacing: str | None = None, eta: float = 0.0,
-           lambda_min: float | None = LAMBDA_MIN) -> jax.Array:
+           lambda_min: float | None = LAMBDA_MIN, step_indexed: bool = False) -> jax.Array:
     """Common entry: ``method`` ∈ {"ddpm", "ddim", "dpm++2m"}; ``spacing`` None = the method's
     default (``DEFAULT_SPACING``); ``eta`` is used by DDIM only; ``lambda_min``: see
-    :func:`start_time`. Returns x₀ samples [shape]."""
+    :func:`start_time`; ``step_indexed``: see the module docstring. Returns x₀ samples [shape]."""
     spacing = spacing or DEFAULT_SPACING.get(method, "time")
     kw = dict(schedule=schedule, num_steps=num_steps, temperature=temperature,
-              prediction=prediction, spacing=spacing, lambda_min=lambda_min)
+              prediction=prediction, spacing=spacing, lambda_min=lambda_min,
+              step_indexed=step_indexed)
     if method == "ddpm":
         return ddpm(model_fn, shape, key, **kw)
     if method == "ddim":

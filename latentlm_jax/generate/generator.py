@@ -10,6 +10,12 @@
 Classifier-free guidance runs the conditional stream (with the caption) and the unconditional stream
 (caption dropped, as in training) as separate rows of one batch, so each has its own cache rows and
 both advance in one call: ε = ε_u + s·(ε_c − ε_u).
+
+One latent is one jitted call: the whole solver loop (``lax.scan`` over the steps) on the head,
+then the backbone step that feeds the new latent back, with the KV cache donated. The head's adaLN
+modulations depend on the hidden state and the timestep only, so they are computed for every
+solver step at once before the loop (one batched matmul per head layer instead of one small one
+per step); the loop itself runs the x-dependent part only (``DiffusionHead.apply_modulated``).
 """
 
 from __future__ import annotations
@@ -35,6 +41,24 @@ from latentlm_jax.modality import (
 )
 from latentlm_jax.models.latentlm import LatentLM
 from latentlm_jax.models.transformer import init_cache
+
+# The largest table of precomputed adaLN modulations (all solver steps × rows) per latent; past
+# it (e.g. 1000-step DDPM on a big batch) each step computes its own, as ``DiffusionHead`` does.
+MODULATION_BUDGET_BYTES = 256 * 2**20
+
+
+@dataclasses.dataclass
+class LatentStream:
+    """A prefilled prompt batch, ready to decode latents: the last hidden states (conditional
+    rows, then ``guided_rows`` unconditional ones), the cache, and where the next latent goes."""
+
+    h: jax.Array
+    cache: dict
+    start: int  # cache row of the next latent
+    pos: np.ndarray  # [R] its position per row
+    n: int  # prompts (conditional rows)
+    guided_rows: int
+    length: int  # latents to generate (the maximum, for audio)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +90,9 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray
 class Generator:
     """Wraps a trained :class:`LatentLM`; all per-token work runs in jitted functions."""
 
-    def __init__(self, model: LatentLM, model_cfg, tokenizer, *, image_latents: int = 0):
+    def __init__(self, model: LatentLM, model_cfg, tokenizer, *, image_latents: int = 0,
+                 modulation_budget_bytes: int = MODULATION_BUDGET_BYTES):
+        self.modulation_budget_bytes = modulation_budget_bytes
         self.cfg = model_cfg
         self.tok = tokenizer
         self.image_latents = image_latents
@@ -87,27 +113,48 @@ class Generator:
     def _latent_step(self, modality: int, opts: SamplingOptions, params, h, cache, start, pos,
                      key, *, guided_rows: int):
         """Samples the next latent for every row from hidden states h [R, E] (cond rows first,
-        then ``guided_rows`` unconditional rows when guidance is on), feeds it back."""
+        then ``guided_rows`` unconditional rows when guidance is on), feeds it back. The LM
+        logits (audio: end of span or not) are computed for audio only."""
         model = nnx.merge(self.graphdef, params)
-        head = model.head(modality)
-        dim = model.dims[modality]
-        n = h.shape[0] - guided_rows  # conditional rows
+        z = self._solve(model, modality, opts, h, key, guided_rows)
+        h2, cache = self._feed_latent(model, modality, z, cache, start, pos, guided_rows)
+        logits = model.logits(h2[:, None])[:, 0] if modality == AUDIO else None
+        return z, h2, logits, cache
 
-        def joint_fn(x_t, t):  # every row of h: the conditional, then the unconditional ones
-            return head(x_t, jnp.broadcast_to(t, (x_t.shape[0],)), h)
+    def _solve(self, model: LatentLM, modality: int, opts: SamplingOptions, h: jax.Array,
+               key: jax.Array, guided_rows: int) -> jax.Array:
+        """The solver loop on the head for one latent of every conditional row: [n, D]."""
+        head = model.head(modality)
+        n = h.shape[0] - guided_rows  # conditional rows
+        grid = samplers.sampling_grid(opts.method, self.schedule, opts.steps)
+        table_bytes = (opts.steps * h.shape[0] * head.x_in.kernel.shape[1]
+                       * (3 * len(head.blocks) + 2) * jnp.dtype(head.dtype).itemsize)
+        if table_bytes <= self.modulation_budget_bytes:
+            mods = head.modulations(h, grid)  # every step's adaLN, once per latent
+
+            def joint_fn(x_t, t, i):  # every row of h: the conditional, then the unconditional
+                return head.apply_modulated(x_t, tuple(m[i] for m in mods))
+        else:
+            def joint_fn(x_t, t, i):
+                return head(x_t, jnp.broadcast_to(t, (x_t.shape[0],)), h)
 
         eps_fn = samplers.batched_cfg_model_fn(joint_fn, opts.cfg_scale) if guided_rows \
             else joint_fn
+        return samplers.sample(opts.method, eps_fn, (n, model.dims[modality]), key,
+                               num_steps=opts.steps, schedule=self.schedule,
+                               temperature=opts.temperature, prediction=self.prediction,
+                               step_indexed=True)
 
-        z = samplers.sample(opts.method, eps_fn, (n, dim), key, num_steps=opts.steps,
-                            schedule=self.schedule, temperature=opts.temperature,
-                            prediction=self.prediction)
+    @staticmethod
+    def _feed_latent(model: LatentLM, modality: int, z: jax.Array, cache: dict,
+                     start: jax.Array, pos: jax.Array, guided_rows: int):
+        """One cached backbone step on the latents z [n, D] (repeated for the unconditional
+        rows): the next hidden states [R, E] and the cache."""
         feed = jnp.concatenate([z, z], axis=0) if guided_rows else z
         x = model.latent_in[MODALITY_NAMES[modality]](feed)[:, None, :].astype(model.embed.dtype)
         valid = jnp.ones((feed.shape[0], 1), bool)
         h2, cache = model.decoder.extend(x, pos[:, None], valid, cache, start)
-        logits = model.logits(h2)[:, 0]
-        return z, h2[:, 0], logits, cache
+        return h2[:, 0], cache
 
     @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnames=("cache",))
     def _text_step(self, opts: SamplingOptions, params, h, cache, start, pos, key):
@@ -125,28 +172,43 @@ class Generator:
                         opts: SamplingOptions | None = None) -> list[np.ndarray]:
         """One latent sequence [N_i, D] (normalised space) per prompt."""
         opts = opts or SamplingOptions()
+        return self.decode_latents(self.prefill_prompts(prompts, modality, opts), modality, key,
+                                   opts)
+
+    def prefill_prompts(self, prompts: list[str], modality: int,
+                        opts: SamplingOptions) -> LatentStream:
+        """Prefills ``<bos> caption <begin>`` per prompt (and ``<bos> <begin>`` per prompt for
+        the unconditional rows when guidance is on)."""
         t = self.tok
         begin, _ = delimiter_ids(modality)
         rows = [[t.bos_id, *t.encode(p), begin] for p in prompts]
         guided = opts.cfg_scale != 1.0
         if guided:
             rows += [[t.bos_id, begin]] * len(prompts)
-        n = len(prompts)
         length = self.image_latents if modality == IMAGE else opts.max_audio_latents
         tokens, valid, positions = left_pad(rows, t.pad_id)
         r, p = tokens.shape
         cache = init_cache(self.cfg, r, p + length + 1)
         h, cache = self._prefill(self.params, jnp.asarray(tokens), None, None, jnp.asarray(valid),
                                  jnp.asarray(positions), cache)
-        pos = positions[:, -1] + 1
+        return LatentStream(h, cache, p, positions[:, -1] + 1, len(prompts),
+                            len(prompts) if guided else 0, length)
+
+    def decode_latents(self, stream: LatentStream, modality: int, key: jax.Array,
+                       opts: SamplingOptions) -> list[np.ndarray]:
+        """Generates the span of a prefilled stream (its cache is consumed). Image latents stay
+        on the device until the span ends (no host sync per latent); audio reads the LM head's
+        end-of-span choice after each latent."""
+        t = self.tok
+        n, h, cache = stream.n, stream.h, stream.cache
         out, done = [], np.zeros(n, bool)
-        ends = np.full(n, length)
-        for i in range(length):
+        ends = np.full(n, stream.length)
+        for i in range(stream.length):
             key, sub = jax.random.split(key)
             z, h, logits, cache = self._latent_step(
-                modality, opts, self.params, h, cache, jnp.int32(p + i), jnp.asarray(pos + i), sub,
-                guided_rows=n if guided else 0)
-            out.append(np.asarray(z))
+                modality, opts, self.params, h, cache, jnp.int32(stream.start + i),
+                jnp.asarray(stream.pos + i), sub, guided_rows=stream.guided_rows)
+            out.append(z)
             if modality == AUDIO:
                 # Stop where the LM head prefers ending the span to another latent.
                 logits = np.asarray(logits[:n])
@@ -156,7 +218,7 @@ class Generator:
                 done |= stop
                 if done.all():
                     break
-        stacked = np.stack(out, axis=1)  # [n, steps, D]
+        stacked = np.asarray(jnp.stack(out, axis=1))  # [n, steps, D]
         return [stacked[j, : ends[j]] for j in range(n)]
 
     def latents_to_text(self, latents: list[np.ndarray], modality: int, key: jax.Array,

@@ -112,3 +112,22 @@ class DiffusionHead(nnx.Module):
         mod = self.final_ada(silu_c)
         x = modulate(self.final_norm(x), mod[..., 0, :], mod[..., 1, :])
         return self.out(x).astype(jnp.float32)
+
+    # -- sampling: the condition-only work once per latent, then one cheap call per solver step --
+    def modulations(self, hidden: jax.Array, ts: jax.Array) -> tuple[jax.Array, ...]:
+        """Every adaLN modulation for hidden [R, E] at each solver time ts [M]: one [M, R, n, W]
+        array per block, then the final layer's. They depend on (hidden, t) only, not on x_t, so
+        a solver computes them for all its steps in one batched matmul per layer."""
+        c = self.cond_in(self.cond_norm(hidden))[None]  # [1, R, W]: the part constant in t
+        c_t = self.t_out(jax.nn.silu(self.t_in(timestep_embedding(ts, self.freq_dim))))
+        silu_c = jax.nn.silu(c + c_t[:, None])  # [M, R, W]
+        return (*(block.ada(silu_c) for block in self.blocks), self.final_ada(silu_c))
+
+    def apply_modulated(self, x_t: jax.Array, mods: tuple[jax.Array, ...]) -> jax.Array:
+        """``__call__`` given one step's slice of :meth:`modulations` ([R, n, W] each)."""
+        x = _constrain_act(self.x_in(x_t))
+        for block, mod in zip(self.blocks, mods[:-1], strict=True):
+            h = block.mlp(modulate(block.norm(x), mod[..., 0, :], mod[..., 1, :]))
+            x = _constrain_act(x + mod[..., 2, :] * h)
+        x = modulate(self.final_norm(x), mods[-1][..., 0, :], mods[-1][..., 1, :])
+        return self.out(x).astype(jnp.float32)
