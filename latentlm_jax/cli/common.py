@@ -32,3 +32,13 @@ def quiet_logs() -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)
     for name in ("orbax", "jax._src", "grain"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def check_out_dir(out: str, flag: str = "--out") -> None:
+    """An output directory may be new or a directory, never a file: checked before any model is
+    loaded, so the mistake costs no time."""
+    from latentlm_jax import paths
+    from latentlm_jax.config.loading import ConfigError
+
+    if out and paths.exists(out) and not paths.is_dir(out):
+        raise ConfigError("", f"{flag} {out} is a file, not a directory")

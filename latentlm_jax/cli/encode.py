@@ -68,6 +68,9 @@ def media_examples(data_config: mlc.ConfigDict, task: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    from latentlm_jax.cli.common import check_out_dir
+
+    check_out_dir(args.out)  # before the σ-VAE loads
     quiet_logs()
     from latentlm_jax.data.bad_input import DataError, print_skip_summary
     from latentlm_jax.data.encode_latents import MODALITY_KEYS, encode_dataset

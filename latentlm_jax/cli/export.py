@@ -31,6 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from latentlm_jax.cli.common import check_out_dir
+    from latentlm_jax.config.loading import ConfigError
+
+    if args.step is not None and args.step < 0:
+        raise ConfigError("", f"--step must be ≥ 0 (a checkpoint's step), got {args.step}")
+    check_out_dir(args.out)
     quiet_logs()
     from latentlm_jax.train.export import export_run
 

@@ -17,7 +17,7 @@ import argparse
 import time
 
 from latentlm_jax import paths
-from latentlm_jax.cli.common import quiet_logs
+from latentlm_jax.cli.common import check_out_dir, quiet_logs
 from latentlm_jax.config.loading import ConfigError
 from latentlm_jax.generate.prompts import PromptRequest, read_prompts, single_prompt
 
@@ -99,6 +99,7 @@ def check_request(args: argparse.Namespace) -> list[PromptRequest]:
                                   seed=args.seed)]
     if not args.out:
         raise ConfigError("", "--out DIR is required to write generated files")
+    check_out_dir(args.out)
     return requests
 
 

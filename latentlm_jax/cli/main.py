@@ -50,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 def user_error(exc: BaseException) -> str | None:
     """The one line to show for a known user error, or None for a bug."""
     from latentlm_jax.data.bad_input import BadInput, DataError, format_bad_input
+    from latentlm_jax.train.workdir_check import CheckpointWriteError
 
-    if isinstance(exc, ConfigError | DataError):
+    if isinstance(exc, ConfigError | DataError | CheckpointWriteError):
         return " ".join(str(exc).split())
     if isinstance(exc, BadInput):  # raised outside any policy: report it like the policy does
         return format_bad_input(exc)

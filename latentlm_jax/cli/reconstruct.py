@@ -31,6 +31,9 @@ def run(args: argparse.Namespace) -> int:
     quiet_logs()
     if args.examples <= 0:
         raise ConfigError("", f"--examples must be positive, got {args.examples}")
+    from latentlm_jax.cli.common import check_out_dir
+
+    check_out_dir(args.out)
     from latentlm_jax.cli.vae_data import data_config, load_examples, load_vae_run_config
     from latentlm_jax.data.bad_input import BadInputPolicy, print_skip_summary
     from latentlm_jax.train.checkpoint_io import load_model

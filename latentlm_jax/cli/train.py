@@ -22,10 +22,13 @@ def check_input_files(config: mlc.ConfigDict, workdir: str = "") -> None:
     """Input files (a manifest, pre-encoded latents) must exist, and the workdir must be usable,
     before a workdir is made or anything compiles."""
     from latentlm_jax import paths
+    from latentlm_jax.cli.input_checks import check_latents, check_tokenizer
     from latentlm_jax.config.loading import ConfigError
 
     if workdir and paths.exists(workdir) and not paths.is_dir(workdir):
         raise ConfigError("", f"--workdir {workdir} is a file, not a directory")
+    if config.task == "lm":
+        check_tokenizer(config)
     if config.data.source == "manifest" and not paths.is_file(config.data.manifest):
         raise ConfigError("data.manifest", f"no such file: {paths.as_str(config.data.manifest)}")
     if config.data.source == "tfds":  # opening it reads only its metadata
@@ -38,12 +41,13 @@ def check_input_files(config: mlc.ConfigDict, workdir: str = "") -> None:
         from latentlm_jax.data.array_record_source import expand_paths
 
         try:
-            expand_paths(tuple(config.data.latent_files))
+            shards = expand_paths(tuple(config.data.latent_files))
         except FileNotFoundError as e:
             raise ConfigError("data.latent_files", f"{e} (make them with `latentlm encode`, or "
                                                    f"`make demo` for runs/demo/latents)") from e
         except ValueError as e:  # none given, or in a bucket (URL_SHARDS)
             raise ConfigError("data.latent_files", str(e)) from e
+        check_latents(config, shards)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,11 +63,19 @@ def run(args: argparse.Namespace) -> int:
     import jax
 
     from latentlm_jax.parallel import distributed
+    from latentlm_jax.parallel.mesh import num_slices
+    from latentlm_jax.parallel.mesh_check import check_mesh
     from latentlm_jax.train.checkpoint_io import save_run_config
     from latentlm_jax.train.trainer import train
+    from latentlm_jax.train.workdir_check import check_resume, probe_workdir
 
     distributed.initialize(config)  # before process_index: only process 0 writes config.json
+    # Every check that can fail runs before the workdir is made or config.json overwritten.
+    devices = jax.devices()
+    check_mesh(config, len(devices), num_slices(devices))
+    check_resume(config, args.workdir)
     if jax.process_index() == 0:
+        probe_workdir(args.workdir)  # mkdir -p, then write + fsync + delete a small file
         save_run_config(config, args.workdir)
 
     train(config, args.workdir)

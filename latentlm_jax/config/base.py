@@ -83,6 +83,7 @@ def base_config() -> mlc.ConfigDict:
     # ------------------------------------------------------------------ data
     d = c.data = mlc.ConfigDict()
     # text: shapes_tones_captions | text_files; multimodal: shapes_tones | manifest | tfds | latents
+    # | synthetic (a fixed random batch for `latentlm bench train` only; docs/benchmarks.md)
     # σ-VAE tasks: the built-in data (shapes_tones_captions or shapes_tones) | manifest | tfds
     d.source = "shapes_tones_captions"
     d.text_files = ()  # paths or globs, used when source == text_files
@@ -151,6 +152,13 @@ def base_config() -> mlc.ConfigDict:
     t.log_every = 10
     t.eval_every = 0  # 0 = never
     t.ema_decay = 0.0  # EMA of parameters kept in the train state; 0 = off (paper: 0.9999)
+    # A step whose loss, a loss term or the gradient norm is NaN/Inf never updates parameters,
+    # optimizer state or EMA (docs/reliability.md). "halt": the run stops at the next metrics
+    # fetch or save, naming the step and the terms, saving nothing after it; "skip": the step
+    # still advances (data moves on) and counts in nonfinite_skipped, and the run stops after
+    # max_nonfinite such steps in a row.
+    t.nonfinite = "halt"  # halt | skip
+    t.max_nonfinite = 10
 
     # ------------------------------------------------------------------ checkpoints
     k = c.checkpoint = mlc.ConfigDict()

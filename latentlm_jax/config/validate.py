@@ -8,6 +8,7 @@ a :class:`ConfigError` naming the field.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import ml_collections as mlc
@@ -21,7 +22,7 @@ from latentlm_jax.config.data_sources import (
 )
 from latentlm_jax.config.loading import ConfigError
 from latentlm_jax.config.task_weights import parse_task_weights
-from latentlm_jax.modality import IMAGE, MODALITY_NAMES, VAE_TASKS
+from latentlm_jax.modality import IMAGE, MODALITY_NAMES, SPECIAL_TOKENS, VAE_TASKS
 
 _NUMBER = (int, float)
 # Pillow refuses to open images with more pixels (2 × PIL.Image.MAX_IMAGE_PIXELS, its
@@ -90,6 +91,8 @@ def check_values(config: mlc.ConfigDict) -> None:
                                              f"num_kv_heads={m.num_kv_heads}")
     if m.head_dim % 2:
         raise ConfigError("model.head_dim", f"must be even for RoPE, got {m.head_dim}")
+    if config.task == "lm":
+        check_vocab(config)
     _choice(config, "model.dtype", ("float32", "bfloat16"))
     _choice(config, "model.param_dtype", ("float32",))
     _choice(config, "model.remat_policy", ("none", "full", "save_dots"))
@@ -111,16 +114,14 @@ def check_values(config: mlc.ConfigDict) -> None:
     _choice(config, "data.bad_input", ("skip", "error"))
     check_data_source(config.data)
     if config.task in VAE_TASKS.values():
+        check_vae(config.vae, config.task)
         check_vae_data(config.task, config.data, config.vae)
     if not 0.0 <= config.data.cond_drop < 1.0:
         raise ConfigError("data.cond_drop", f"must be in [0, 1), got {config.data.cond_drop}")
     if config.data.max_interleaved < 2:
         raise ConfigError("data.max_interleaved", "must be ≥ 2")
     if config.data.task_weights:
-        try:
-            parse_task_weights(config.data.task_weights)
-        except ValueError as e:
-            raise ConfigError("data.task_weights", str(e)) from e
+        check_task_weights(config)
     if config.data.latents_dir:
         if config.task != "lm":
             raise ConfigError("data.latents_dir", f"latents train a LatentLM (task='lm'), not a "
@@ -147,6 +148,8 @@ def check_values(config: mlc.ConfigDict) -> None:
         raise ConfigError("train.b1", "Adam betas must be in [0, 1)")
     if not 0.0 <= t.ema_decay < 1.0:
         raise ConfigError("train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
+    _choice(config, "train.nonfinite", ("halt", "skip"))
+    _positive(config, "train.max_nonfinite")
     if t.grad_clip < 0 or t.weight_decay < 0:
         raise ConfigError("train.grad_clip", "grad_clip and weight_decay must be ≥ 0")
     if t.global_batch_size % t.grad_accum_steps:
@@ -184,6 +187,117 @@ def check_values(config: mlc.ConfigDict) -> None:
             if a is not None and a not in axes:
                 raise ConfigError(f"sharding_rules[{i}]",
                                   f"mesh axis {a!r} not in mesh.axes {axes}")
+
+
+def check_task_weights(config: mlc.ConfigDict) -> None:
+    """``data.task_weights`` parses, and leaves a LatentLM some task for each latent modality it
+    trains on (an image record can only become an image task)."""
+    spec = config.data.task_weights
+    try:
+        weights = parse_task_weights(spec)
+    except ValueError as e:
+        raise ConfigError("data.task_weights", f"{e} (e.g. 'text_to_image=2,image_to_text=1')"
+                          ) from e
+    if not any(weights.values()):
+        raise ConfigError("data.task_weights", f"every task has weight 0 in {spec!r}: give "
+                                               "at least one a positive weight")
+    if config.task != "lm" or config.data.source != "latents":
+        return
+    for field, name in (("image_latent_dim", "image"), ("audio_latent_dim", "audio")):
+        tasks = (f"text_to_{name}", f"{name}_to_text", "interleaved")
+        if config.model[field] > 0 and not any(weights[t] > 0 for t in tasks):
+            raise ConfigError("data.task_weights", f"no {name} task ({', '.join(tasks)}) has a "
+                                                   f"positive weight in {spec!r}, but the "
+                                                   f"{name} latents are trained on")
+
+
+def _powers_of_two(value: int) -> bool:
+    return value >= 1 and value & (value - 1) == 0
+
+
+def _sizes(field: str, values: Any, minimum: int = 1) -> None:
+    if not values or not all(isinstance(v, int) and v >= minimum for v in values):
+        raise ConfigError(field, f"must be a non-empty tuple of integers ≥ {minimum}, got "
+                                 f"{tuple(values)!r}")
+
+
+def check_vae(v: mlc.ConfigDict, task: str) -> None:
+    """The σ-VAE fields of a ``vae_image`` / ``vae_audio`` run: choices, positive sizes, the
+    image downsampling and the audio hop that the latent shape is computed from."""
+    if v.kind not in ("sigma", "plain"):
+        raise ConfigError("vae.kind", f"must be one of sigma, plain; got {v.kind!r}")
+    if v.dtype not in ("float32", "bfloat16"):
+        raise ConfigError("vae.dtype", f"must be one of float32, bfloat16; got {v.dtype!r}")
+    for field in ("std", "beta", "kl_weight"):
+        if not v[field] >= 0:
+            raise ConfigError(f"vae.{field}", f"must be ≥ 0, got {v[field]}")
+    if v.eval_examples <= 0:
+        raise ConfigError("vae.eval_examples", f"must be positive, got {v.eval_examples}")
+    lo = v.loss
+    if lo.recon not in ("l1", "l2", "l1_l2"):
+        raise ConfigError("vae.loss.recon", f"must be one of l1, l2, l1_l2; got {lo.recon!r}")
+    for field in ("recon_weight", "stft_weight", "stft_floor", "adv_weight", "adv_start_step"):
+        if not lo[field] >= 0:
+            raise ConfigError(f"vae.loss.{field}", f"must be ≥ 0, got {lo[field]}")
+    for field in ("disc_channels", "disc_layers"):
+        if lo[field] <= 0:
+            raise ConfigError(f"vae.loss.{field}", f"must be positive, got {lo[field]}")
+    if task == "vae_image":
+        im = v.image
+        for field in ("resolution", "in_channels", "latent_dim", "channels"):
+            if im[field] <= 0:
+                raise ConfigError(f"vae.image.{field}", f"must be positive, got {im[field]}")
+        if not (_powers_of_two(im.downsample) and im.downsample >= 2
+                and im.resolution % im.downsample == 0):
+            raise ConfigError("vae.image.downsample", f"must be a power of two ≥ 2 dividing "
+                                                      f"vae.image.resolution={im.resolution}; "
+                                                      f"got {im.downsample}")
+        if not (_powers_of_two(im.patch_size) and im.patch_size <= im.downsample):
+            raise ConfigError("vae.image.patch_size", f"must be a power of two ≤ downsample="
+                                                      f"{im.downsample}; got {im.patch_size}")
+        _sizes("vae.image.channel_mult", im.channel_mult)
+        _sizes("vae.image.num_res_blocks", im.num_res_blocks, minimum=0)
+        return
+    au = v.audio
+    for field in ("sample_rate", "num_samples", "latent_dim", "channels", "stft_hop",
+                  "patch_size", "kernel_size"):
+        if au[field] <= 0:
+            raise ConfigError(f"vae.audio.{field}", f"must be positive, got {au[field]}")
+    if au.representation not in ("stft", "waveform"):
+        raise ConfigError("vae.audio.representation",
+                          f"must be one of stft, waveform; got {au.representation!r}")
+    _sizes("vae.audio.strides", au.strides)
+    hop = (au.stft_hop if au.representation == "stft" else au.patch_size) * math.prod(au.strides)
+    if au.num_samples % hop:
+        raise ConfigError("vae.audio.num_samples", f"{au.num_samples} is not a multiple of the "
+                                                   f"hop {hop} (stft_hop or patch_size × the "
+                                                   f"strides {tuple(au.strides)})")
+    _sizes("vae.audio.channel_mult", au.channel_mult)
+    _sizes("vae.audio.num_res_blocks", au.num_res_blocks, minimum=0)
+    _sizes("vae.loss.stft_fft_sizes", lo.stft_fft_sizes)
+    _sizes("vae.loss.stft_hops", lo.stft_hops)
+    if len(lo.stft_fft_sizes) != len(lo.stft_hops):
+        raise ConfigError("vae.loss.stft_hops", f"{len(lo.stft_hops)} hops for "
+                                                f"{len(lo.stft_fft_sizes)} FFT sizes "
+                                                "(vae.loss.stft_fft_sizes): give one each")
+
+
+# The byte tokenizer's ids: the special tokens, then the 256 bytes (data/tokenizer.py).
+BYTE_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256
+
+
+def check_vocab(config: mlc.ConfigDict) -> None:
+    """``model.vocab_size`` holds the special tokens, and every byte with the byte tokenizer (a
+    SentencePiece model's size is checked against its file by ``latentlm train``)."""
+    size, specials = config.model.vocab_size, len(SPECIAL_TOKENS)
+    if size <= specials:
+        raise ConfigError("model.vocab_size", f"{size} cannot hold the {specials} special tokens "
+                                              f"{', '.join(SPECIAL_TOKENS)} and any text")
+    if config.data.tokenizer == "byte" and size < BYTE_VOCAB_SIZE:
+        raise ConfigError("model.vocab_size", f"{size} is smaller than the byte tokenizer's "
+                                              f"{BYTE_VOCAB_SIZE} ids ({specials} special tokens "
+                                              f"+ 256 bytes): set "
+                                              f"--config.model.vocab_size={BYTE_VOCAB_SIZE}")
 
 
 def check_data_source(d: mlc.ConfigDict) -> None:

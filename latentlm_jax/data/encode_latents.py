@@ -10,8 +10,9 @@ combined over processes. ``stats-<modality>.json`` holds what generation needs t
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
@@ -159,9 +160,9 @@ def encode_dataset(model, task: str, dataset: Sequence[dict[str, Any]], out_dir:
     std = np.sqrt(np.maximum(sums[1] / count - mean**2, 1e-12))
     normalised = ((stacked - mean) / std).astype(np.float32)
     paths.makedirs(out_dir)
-    path = paths.join(out_dir, shard_name(modality, pi, pc))
-    write_latents(path, ({"latents": z, "caption": c, "modality": modality, "index": int(i)}
-                         for z, c, i in zip(normalised, captions, kept, strict=True)))
+    write_shard(paths.join(out_dir, shard_name(modality, pi, pc)),
+                ({"latents": z, "caption": c, "modality": modality, "index": int(i)}
+                 for z, c, i in zip(normalised, captions, kept, strict=True)))
     encoded, captioned, without_all, skipped_all = _from_counts_vector(counts)
     stats = {"modality": modality, "mean": mean.tolist(), "std": std.tolist(),
              "latent_dim": int(stacked.shape[-1]), "sequence_length": int(stacked.shape[1]),
@@ -174,6 +175,23 @@ def encode_dataset(model, task: str, dataset: Sequence[dict[str, Any]], out_dir:
         paths.write_text(paths.join(out_dir, f"stats-{modality}.json"),
                          json.dumps(stats, indent=1))
     return stats
+
+
+def write_shard(path: paths.PathLike, records: Iterable[dict[str, Any]]) -> int:
+    """Writes one latent shard atomically: locally under a temporary name in the same folder,
+    renamed into place once complete (an object in a bucket appears only once uploaded whole).
+    A killed encode never leaves a truncated shard under the name a rerun or the trainer reads,
+    and the stats file (written atomically after it) never describes a shard that is not there."""
+    if paths.is_url(path):
+        return write_latents(path, records)
+    final = paths.resolve(path)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    try:
+        n = write_latents(tmp, records)
+        tmp.replace(final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return n
 
 
 def shard_name(modality: str, process_index: int, process_count: int) -> str:

@@ -3,7 +3,8 @@
 Both files go through :mod:`latentlm_jax.paths`, so a ``gs://`` workdir gets them in the bucket. An
 object in a bucket cannot be appended to: there ``metrics.jsonl`` (its earlier rows read back when a
 run resumes) and the TensorBoard event file are rewritten whole at most every ``URL_FLUSH_SECS``
-and when the writer closes, so a hard kill loses at most that much of the log.
+and when the writer closes, so a hard kill loses at most that much of the log. Locally a hard kill
+may leave half a row at the end of the file; the next writer truncates it away before appending.
 """
 
 from __future__ import annotations
@@ -75,10 +76,11 @@ class MetricsWriter:
         if self.enabled:
             paths.makedirs(workdir)
             if self._url:
-                if paths.exists(self._path):  # a resumed run keeps the earlier rows
-                    self._rows = paths.read_text(self._path).splitlines(keepends=True)
+                if paths.exists(self._path):  # a resumed run keeps the earlier, whole rows
+                    self._rows = complete_lines(paths.read_text(self._path))
                 _register_url_writers(str(self._path).split("://", 1)[0])
             else:
+                drop_partial_line(self._path)
                 self._file = paths.open_file(  # noqa: SIM115 - kept open for the run
                     self._path, "a")
             from tensorboardX import SummaryWriter
@@ -115,6 +117,36 @@ class MetricsWriter:
                 self._file.close()
             self._tb.close()
             self._file = self._tb = None
+
+
+def complete_lines(text: str) -> list[str]:
+    """The lines of ``text`` that end in a newline (a killed writer's half line is dropped)."""
+    lines = text.splitlines(keepends=True)
+    return lines if not lines or lines[-1].endswith("\n") else lines[:-1]
+
+
+def drop_partial_line(path: paths.PathLike) -> None:
+    """Truncates a local ``metrics.jsonl`` to its last complete line: a run killed mid-write
+    leaves half a row, which the resumed run's first row would otherwise be glued to."""
+    if not paths.exists(path):
+        return
+    keep = None  # the end of the last complete line, when the file does not end in one
+    with paths.open_file(path, "rb") as f:
+        pos = f.seek(0, 2)
+        if pos == 0:
+            return
+        f.seek(pos - 1)
+        if f.read(1) == b"\n":
+            return
+        while keep is None:
+            start = max(0, pos - 65536)
+            f.seek(start)
+            nl = f.read(pos - start).rfind(b"\n")
+            if nl >= 0 or start == 0:
+                keep = start + nl + 1
+            pos = start
+    with paths.open_file(path, "ab") as f:  # append mode can still truncate
+        f.truncate(keep)
 
 
 def format_duration(seconds: float) -> str:

@@ -1,6 +1,9 @@
 """Train state as plain pytrees (dicts of arrays) and its shardings, derived from logical names.
 
-The state is ``{"step": int32[], "params": {...}, "opt_state": optax state}``. Parameters live as a
+The state is ``{"step": int32[], "params": {...}, "opt_state": optax state, "nonfinite": {...}}``
+(plus ``"ema"`` when ``train.ema_decay`` > 0). ``nonfinite`` holds the non-finite step guard's int32
+counters (train/step.py): ``skipped`` (all such steps so far), ``run`` (in a row, up to the last
+step) and ``halt_step`` (the step that must stop the run, 0 = none). Parameters live as a
 pure dict (``nnx.to_pure_dict``) so the same tree goes to jit, optax and Orbax unchanged; the model
 is rebuilt inside the step with ``nnx.merge(graphdef, params)``.
 """
@@ -21,6 +24,8 @@ from latentlm_jax.parallel.logical import logical_names_tree, logical_to_mesh_sp
 from latentlm_jax.train.task import Task
 
 log = logging.getLogger(__name__)
+
+NONFINITE_COUNTERS = ("skipped", "run", "halt_step")
 
 
 def _is_spec(x: Any) -> bool:
@@ -72,7 +77,8 @@ def state_shardings(abs_params: dict, p_shardings: dict, tx: optax.GradientTrans
     opt_shardings = optax.tree_map_params(
         tx, lambda _, s: s, abs_opt, p_shardings,
         transform_non_params=lambda _: replicated)
-    out = {"step": replicated, "params": p_shardings, "opt_state": opt_shardings}
+    out = {"step": replicated, "params": p_shardings, "opt_state": opt_shardings,
+           "nonfinite": {k: replicated for k in NONFINITE_COUNTERS}}
     if ema:
         out["ema"] = p_shardings
     return out
@@ -85,7 +91,8 @@ def init_state(task: Task, config: mlc.ConfigDict, tx: optax.GradientTransformat
     def init(key):
         model = task.build_model(config, nnx.Rngs(key))
         params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-        state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+        state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+                 "nonfinite": {k: jnp.zeros((), jnp.int32) for k in NONFINITE_COUNTERS}}
         if "ema" in shardings:
             state["ema"] = jax.tree.map(jnp.copy, params)
         return state

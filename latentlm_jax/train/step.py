@@ -1,4 +1,12 @@
-"""The pure train step: loss, gradients (with accumulation), AdamW update. Jitted by the trainer."""
+"""The pure train step: loss, gradients (with accumulation), AdamW update. Jitted by the trainer.
+
+A step whose loss, a floating-point loss term or the gradient norm is NaN/Inf changes nothing but
+``step``: the parameters, the optimizer state (its count included) and the EMA are selected back
+on device, so no host sync is needed to keep a NaN out of them. ``state["nonfinite"]`` counts such
+steps and records in ``halt_step`` the step that must stop the run (the first one under
+``train.nonfinite="halt"``, the ``train.max_nonfinite``-th in a row under ``"skip"``); the trainer
+reads it when it fetches metrics and before every save.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +32,26 @@ def split_microbatches(batch: dict[str, jax.Array], num: int) -> dict[str, jax.A
         return x.reshape(x.shape[0] // num, num, *x.shape[1:]).swapaxes(0, 1)
 
     return jax.tree.map(one, batch)
+
+
+def all_finite(loss: jax.Array, metrics: dict[str, jax.Array], grad_norm: jax.Array) -> jax.Array:
+    """Whether the loss, every floating-point metric (the loss terms) and the gradient norm are
+    finite (a bool scalar; integer metrics such as token counts cannot be NaN)."""
+    flags = [jnp.isfinite(loss), jnp.isfinite(grad_norm)]
+    flags += [jnp.isfinite(m).all() for m in jax.tree.leaves(metrics)
+              if jnp.issubdtype(m.dtype, jnp.inexact)]
+    return jnp.stack(flags).all()
+
+
+def count_nonfinite(guard: dict[str, jax.Array], finite: jax.Array, step: jax.Array,
+                    t: mlc.ConfigDict) -> dict[str, jax.Array]:
+    """The guard's counters after ``step`` (1-based): ``halt_step`` is set once, at the first
+    non-finite step under ``halt`` or the ``max_nonfinite``-th in a row under ``skip``."""
+    bad = 1 - finite.astype(jnp.int32)
+    run = (guard["run"] + 1) * bad
+    trip = bad > 0 if t.nonfinite == "halt" else run >= t.max_nonfinite
+    halt_step = jnp.where((guard["halt_step"] == 0) & trip, step, guard["halt_step"])
+    return {"skipped": guard["skipped"] + bad, "run": run, "halt_step": halt_step}
 
 
 def make_train_step(task: Task, config: mlc.ConfigDict, graphdef: nnx.GraphDef,
@@ -64,16 +92,27 @@ def make_train_step(task: Task, config: mlc.ConfigDict, graphdef: nnx.GraphDef,
             grads = jax.tree.map(lambda g: g / accum, grads)
             loss = loss / accum
             metrics = jax.tree.map(lambda m: m / accum, metrics)
+        grad_norm = optax.global_norm(grads)
+        finite = all_finite(loss, metrics, grad_norm)
+
+        def keep(new, old):  # the update only where the step is finite
+            return jnp.where(finite, new, old)
+
         updates, opt_state = tx.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
+        new_params = jax.tree.map(keep, optax.apply_updates(params, updates), params)
+        opt_state = jax.tree.map(keep, opt_state, state["opt_state"])
+        step = state["step"] + 1
+        guard = count_nonfinite(state["nonfinite"], finite, step, config.train)
         out = dict(metrics)
-        out.update(loss=loss, grad_norm=optax.global_norm(grads),
-                   param_norm=optax.global_norm(new_params), lr=schedule(state["step"]))
-        new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}
+        out.update(loss=loss, grad_norm=grad_norm, param_norm=optax.global_norm(new_params),
+                   lr=schedule(state["step"]), nonfinite=1 - finite.astype(jnp.int32),
+                   nonfinite_skipped=guard["skipped"])
+        new_state = {"step": step, "params": new_params, "opt_state": opt_state,
+                     "nonfinite": guard}
         if "ema" in state:
             d = config.train.ema_decay
-            new_state["ema"] = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state["ema"],
-                                            new_params)
+            new_state["ema"] = jax.tree.map(lambda e, p: keep(d * e + (1.0 - d) * p, e),
+                                            state["ema"], new_params)
         return new_state, out
 
     return train_step

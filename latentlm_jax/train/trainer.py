@@ -6,8 +6,10 @@ metrics / checkpoints / eval. The model, its loss and its data come from the con
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -23,11 +25,14 @@ from latentlm_jax.parallel import distributed
 from latentlm_jax.parallel.logical import activation_rules
 from latentlm_jax.parallel.mesh import num_slices
 from latentlm_jax.parallel.mesh_check import check_mesh
+from latentlm_jax.train.checkpoint_cleanup import remove_partial_checkpoints
 from latentlm_jax.train.data_checkpoint import DataRestore, DataSave
 from latentlm_jax.train.flops import calibrate_peak_tflops
 from latentlm_jax.train.metrics import MetricsWriter, format_duration, format_rate
+from latentlm_jax.train.nonfinite import NonFiniteGuard
 from latentlm_jax.train.preemption import SignalFlag, agreement
 from latentlm_jax.train.setup import build_setup
+from latentlm_jax.train.workdir_check import checkpoint_write_error, probe_workdir
 
 log = logging.getLogger("latentlm")
 
@@ -63,6 +68,13 @@ def to_global_batch(local: dict[str, np.ndarray], shardings: dict[str, NamedShar
 
 
 def checkpoint_manager(workdir: str, config: mlc.ConfigDict) -> ocp.CheckpointManager:
+    """The run's Orbax manager, after removing the unfinished checkpoints a hard kill left
+    (train/checkpoint_cleanup.py): a restore only ever sees finalised steps."""
+    directory = paths.join(workdir, "checkpoints")
+    removed = remove_partial_checkpoints(directory)
+    if removed:
+        say(f"removed {len(removed)} unfinished checkpoint{'s' if len(removed) > 1 else ''} "
+            f"(a killed save): {', '.join(removed)}")
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=config.checkpoint.every_steps,
         max_to_keep=config.checkpoint.keep,
@@ -70,8 +82,7 @@ def checkpoint_manager(workdir: str, config: mlc.ConfigDict) -> ocp.CheckpointMa
         create=True,
     )
     # A URL (gs://...) stays a URL: Orbax writes through etils.epath / TensorStore.
-    return ocp.CheckpointManager(paths.join(workdir, "checkpoints"),
-                                 options=options, item_names=("state", "data"))
+    return ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
 
 
 def train(config: mlc.ConfigDict, workdir: str, stop_at: int | None = None,
@@ -84,7 +95,7 @@ def train(config: mlc.ConfigDict, workdir: str, stop_at: int | None = None,
     devices = list(jax.devices() if devices is None else devices)
     validate(config)
     check_mesh(config, len(devices), num_slices(devices))
-    paths.makedirs(workdir)
+    probe_workdir(workdir)  # mkdir -p, write + fsync + delete: a full disk is one line, now
     setup = build_setup(config, devices)
     task, mesh, rules = setup.task, setup.mesh, config.sharding_rules
     graphdef, b_shardings = setup.graphdef, setup.batch_shardings
@@ -95,9 +106,7 @@ def train(config: mlc.ConfigDict, workdir: str, stop_at: int | None = None,
     manager = checkpoint_manager(workdir, config)
     latest = manager.latest_step()
     if latest is not None:
-        restored = manager.restore(latest, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(setup.abstract_state()), data=DataRestore(iterator)))
-        train_state = restored["state"]
+        train_state = restore_state(manager, latest, setup.abstract_state(), iterator)
         say(f"Resuming from checkpoint at step {latest} in {workdir}/checkpoints")
     else:
         train_state = setup.init_state()
@@ -113,12 +122,23 @@ def train(config: mlc.ConfigDict, workdir: str, stop_at: int | None = None,
     last: dict[str, float] = {}
     window_t0, window_steps, data_wait = time.perf_counter(), 0, 0.0
     run_t0, run_steps = window_t0, 0
+    guard = NonFiniteGuard(config.train)  # a NaN step stops the run here, never in a checkpoint
+
+    saving: list[int | None] = [None]  # the newest save's step: an async write fails later
+
+    def wait_for_saves() -> None:
+        with _checkpoint_writes(workdir, saving[0]):
+            manager.wait_until_finished()
 
     def save(step: int) -> None:
+        guard.check(train_state, manager.latest_step)
+        wait_for_saves()  # (Orbax waits anyway) a failed async write is named by its own step
+        saving[0] = step
         # The loop decides when to save; force=True bypasses Orbax's own interval policy.
-        manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(train_state),
-            data=DataSave(_Frozen(iterator.get_state()))), force=True)
+        with _checkpoint_writes(workdir, step):
+            manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(train_state),
+                data=DataSave(_Frozen(iterator.get_state()))), force=True)
         agreed.saved(step)
 
     try:
@@ -142,6 +162,7 @@ def train(config: mlc.ConfigDict, workdir: str, stop_at: int | None = None,
                     batch, pending = pending, None
                 train_state, metrics = step_fn(train_state, batch)
                 step += 1
+                guard.record(step, metrics)
                 window_steps += 1
                 run_steps += 1
                 if step % config.train.log_every == 0 or step == total:
@@ -164,12 +185,14 @@ def train(config: mlc.ConfigDict, workdir: str, stop_at: int | None = None,
                         f"{format_rate(items_per_step / dt)} {unit}/s | mfu {last['mfu']:.1%} | "
                         f"data {last['data_wait_frac']:.0%} | ETA {format_duration(eta)}")
                     window_t0, window_steps, data_wait = time.perf_counter(), 0, 0.0
+                    guard.check(train_state, manager.latest_step)
                 if config.train.eval_every and step % config.train.eval_every == 0:
+                    guard.check(train_state, manager.latest_step)
                     evaluate(task, graphdef, train_state, config, workdir, step, writer)
                 decision = agreed.decide(step)
                 if decision.stop or (stop_at is not None and step >= stop_at < total):
                     save(step)
-                    manager.wait_until_finished()
+                    wait_for_saves()
                     agreed.close()
                     reason = agreed.reason() if decision.stop else "stop_at"
                     say(f"{reason}: saved checkpoint at step {step}; exiting")
@@ -178,14 +201,53 @@ def train(config: mlc.ConfigDict, workdir: str, stop_at: int | None = None,
                 if decision.save or step % config.checkpoint.every_steps == 0 or step == total:
                     save(step)
             agreed.close()
-        manager.wait_until_finished()
+        wait_for_saves()
         say(f"done: {total} steps; checkpoints in {workdir}/checkpoints")
         _say_skipped(skipped)
+        if last.get("nonfinite_skipped"):
+            say(f"{int(last['nonfinite_skipped'])} non-finite steps skipped, parameters untouched "
+                f"(train.nonfinite=skip; nonfinite_skipped in metrics.jsonl)")
         return last
     finally:
         iterator.close()
         manager.close()
         writer.close()
+
+
+@contextlib.contextmanager
+def _checkpoint_writes(workdir: str, step: int | None) -> Iterator[None]:
+    """Turns a storage failure of the checkpoint write of ``step`` (disk full, no permission;
+    raised by the save itself or, when asynchronous, by the wait for it) into one line that names
+    the step and the newest checkpoint left intact."""
+    try:
+        yield
+    except Exception as e:
+        names = paths.listdir(paths.join(workdir, "checkpoints"))
+        done = {int(n) for n in names if n.isdigit()} - {step}  # finalized ones only
+        error = checkpoint_write_error(e, workdir, step, max(done, default=None))
+        if error is None:
+            raise
+        raise error from e
+
+
+def restore_state(manager: ocp.CheckpointManager, step: int, abstract: dict,
+                  iterator: Any) -> dict:
+    """The train state saved at ``step`` (and the iterator's position). A checkpoint written
+    before the non-finite guard existed has no ``nonfinite`` counters: they restart at 0."""
+
+    def restore(target: dict) -> dict:
+        return manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), data=DataRestore(iterator)))["state"]
+
+    try:
+        return restore(abstract)
+    except ValueError as e:
+        if "nonfinite" not in str(e):
+            raise
+    state = restore({k: v for k, v in abstract.items() if k != "nonfinite"})
+    state["nonfinite"] = jax.tree.map(
+        lambda s: jax.device_put(np.zeros(s.shape, s.dtype), s.sharding), abstract["nonfinite"])
+    return state
 
 
 def _say_skipped(skipped: SkipTotals) -> None:

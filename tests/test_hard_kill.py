@@ -1,0 +1,350 @@
+"""Hard kills (SIGKILL) of training runs: every restart resumes from the newest *complete*
+checkpoint, unfinished ones (Orbax's ``<step>.orbax-checkpoint-tmp-*``) are removed and never
+restored, and the final train state (parameters, optimizer moments, step) and data position are
+bitwise those of an uninterrupted run. Also the pieces a kill can leave half-written: the last
+line of ``metrics.jsonl`` and a latent shard.
+
+The kill loops run ``latentlm train`` as a subprocess on a tiny config that saves an async
+checkpoint every step, SIGKILL its process group at moments drawn from a seeded RNG (most after
+the step compiled, some during start-up and restore) and restart it. CI runs a sample (10 kills
+of a text LM, 3 of a σ-VAE, 3 of a LatentLM); ``LATENTLM_FULL_FAULTS=1`` runs 50 / 10 / 10.
+
+``latentlm demo --fast`` (shrunk further) is killed in one stage (CI: drawn by the date, or
+``LATENTLM_KILL_STAGE=k``; full run: in each of the six stages in turn) and re-run: it finishes
+with the scores and samples of an uninterrupted demo. Full run of everything:
+``LATENTLM_FULL_FAULTS=1 pytest tests/test_hard_kill.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from latentlm_jax.train.checkpoint_cleanup import partial_checkpoints, remove_partial_checkpoints
+from latentlm_jax.train.metrics import MetricsWriter, complete_lines, drop_partial_line
+from tests.helpers import LM_TINY, TINY_MODEL, config_path, latentlm_command, one_device_env
+
+FULL = os.environ.get("LATENTLM_FULL_FAULTS", "") not in ("", "0")
+TMP_MARK = ".orbax-checkpoint-tmp"
+COMPILED = "compiled the train step"
+RESUMED = re.compile(r"Resuming from checkpoint at step (\d+)")
+
+
+# ------------------------------------------------------------------------------ the pieces
+def test_partial_checkpoints_are_listed_and_removed(tmp_path):
+    d = tmp_path / "checkpoints"
+    assert partial_checkpoints(d) == [] and remove_partial_checkpoints(d) == []
+    (d / "3").mkdir(parents=True)
+    (d / "3" / "commit_success.txt").write_text("ok")
+    (d / "4.orbax-checkpoint-tmp-1234").mkdir()
+    (d / "4.orbax-checkpoint-tmp-1234" / "state").mkdir()
+    (d / "5.orbax-checkpoint-tmp-99").mkdir()
+    assert partial_checkpoints(d) == ["4.orbax-checkpoint-tmp-1234", "5.orbax-checkpoint-tmp-99"]
+    assert remove_partial_checkpoints(d) == ["4.orbax-checkpoint-tmp-1234",
+                                             "5.orbax-checkpoint-tmp-99"]
+    assert sorted(os.listdir(d)) == ["3"]
+
+
+def test_a_half_written_metrics_row_is_cut_before_appending(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n'
+    path.write_text(rows + '{"step": 3, "lo')
+    writer = MetricsWriter(str(tmp_path), enabled=True)
+    writer.write(3, {"loss": 1.25})
+    writer.close()
+    lines = path.read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3]  # every line parses
+    drop_partial_line(path)  # a whole file is left alone
+    assert path.read_text().splitlines() == lines
+    path.write_text('{"step": 1, "lo')  # no complete line at all
+    drop_partial_line(path)
+    assert path.read_text() == ""
+    assert complete_lines(rows + '{"ste') == complete_lines(rows) == rows.splitlines(True)
+
+
+def test_a_failed_shard_write_leaves_no_shard(tmp_path):
+    from latentlm_jax.data.encode_latents import write_shard
+
+    path = tmp_path / "latents-image-00000-of-00001.array_record"
+
+    def records():
+        yield {"latents": np.zeros((2, 3), np.float32), "caption": "a", "modality": "image"}
+        raise KeyboardInterrupt  # a kill part-way through the shard
+
+    with pytest.raises(KeyboardInterrupt):
+        write_shard(path, records())
+    assert os.listdir(tmp_path) == []  # neither the shard nor its temporary
+    assert write_shard(path, iter([{"latents": np.ones((2, 3), np.float32), "caption": "b",
+                                    "modality": "image"}])) == 1
+    assert os.listdir(tmp_path) == [path.name]
+
+
+# ------------------------------------------------------------------------------ kill loops
+def _config_file(tmp_path, name: str, base: str, changes: dict) -> str:
+    """A config file: ``base`` (a config file's path, or None for base_config()) then
+    ``changes`` (dotted field → value)."""
+    lines = ["from latentlm_jax.config.base import base_config",
+             "from latentlm_jax.config.loading import load_config_file", "", "",
+             "def get_config():",
+             f"    c = load_config_file({base!r})" if base else "    c = base_config()"]
+    lines += [f"    c.{k} = {v!r}" for k, v in changes.items()]
+    lines.append("    return c")
+    path = tmp_path / f"{name}.py"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _checkpoint_names(workdir) -> list[str]:
+    d = os.path.join(workdir, "checkpoints")
+    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
+def _finalised(names) -> list[int]:
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def _read(path) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _run(cmd, log, env, session=True) -> subprocess.Popen:
+    with open(log, "w") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=session)
+
+
+def _wait_for(log, text: str, proc, timeout: float = 120, after: str = "") -> bool:
+    """Waits until ``text`` is in ``log`` (after the first ``after`` when given); False when
+    the process ended first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        content = _read(log)
+        if after in content and text in content[content.index(after):]:
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.02)
+    raise AssertionError(f"{text!r} not in {log} after {timeout}s")
+
+
+def _kill_loop(cmd, workdir, logs, env, kills: int, seed: int, window: float) -> dict:
+    """Runs ``cmd``, SIGKILLs it ``kills`` times at seeded random moments (1 in 5 during
+    start-up / restore, the others up to ``window`` s after the step compiled), checking each
+    restart against what the previous kill left; then runs it to the end. Returns figures."""
+    rng = np.random.default_rng(seed)
+    during_write = early = 0
+    expect, stale, half_row = None, [], False
+    for k in range(kills):
+        log = os.path.join(logs, f"run{k}.log")
+        proc = _run(cmd, log, env)
+        if rng.random() < 0.2:
+            early += 1
+            time.sleep(rng.uniform(0.5, 4.0))
+        elif _wait_for(log, COMPILED, proc):
+            time.sleep(rng.uniform(0.0, window))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        text = _read(log)
+        assert "done:" not in text, f"run {k} finished before its kill: raise num_steps"
+        _check_resume(text, expect, stale, k)
+        names = _checkpoint_names(workdir)
+        stale = [n for n in names if TMP_MARK in n]
+        during_write += bool(stale)
+        done = _finalised(names)
+        expect = done[-1] if done else None
+        if k == kills // 2 and os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+            with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+                f.write('{"step": 999999, "lo')  # as if killed mid-row
+            half_row = True
+    log = os.path.join(logs, "final.log")
+    proc = _run(cmd, log, env)
+    assert proc.wait(timeout=600) == 0, _read(log)[-3000:]
+    text = _read(log)
+    _check_resume(text, expect, stale, kills)
+    assert not [n for n in _checkpoint_names(workdir) if TMP_MARK in n]
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]  # every row whole
+    assert half_row and 999999 not in {r["step"] for r in rows}
+    return {"kills": kills, "during_write": during_write, "early": early}
+
+
+def _check_resume(text: str, expect: int | None, stale: list[str], k: int) -> None:
+    """A restart that got past its restore resumed from the newest finalised checkpoint the
+    previous kill left (none: a fresh start), and removed the unfinished ones."""
+    if COMPILED not in text and not RESUMED.search(text):
+        return  # killed before it restored anything
+    m = RESUMED.search(text)
+    assert (int(m.group(1)) if m else None) == expect, (k, expect, text[-2000:])
+    if stale:
+        assert "unfinished checkpoint" in text and all(n in text for n in stale), text[-2000:]
+
+
+def _final_state(workdir, step: int):
+    import orbax.checkpoint as ocp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Sharding info not provided": one CPU device here
+        state = ocp.PyTreeCheckpointer().restore(
+            os.path.join(workdir, "checkpoints", str(step), "state"))
+    data = _read(os.path.join(workdir, "checkpoints", str(step), "data", "process_0-of-1.json"))
+    return state, json.loads(data)
+
+
+def _assert_bitwise_equal(a, b) -> None:
+    import jax
+
+    la, lb = jax.tree.leaves_with_path(a), jax.tree.leaves_with_path(b)
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for (path, x), (_, y) in zip(la, lb, strict=True):
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.dtype == y.dtype and x.shape == y.shape, path
+        assert x.tobytes() == y.tobytes(), jax.tree_util.keystr(path)
+
+
+def _kill_and_compare(tmp_path, config: str, total: int, kills: int, seed: int,
+                      window: float = 1.0) -> dict:
+    env = one_device_env()
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "jax_cache")  # restarts skip compiling
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    ref, run = str(tmp_path / "ref"), str(tmp_path / "killed")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    t0 = time.perf_counter()
+    proc = _run(latentlm_command("train", "--config", config, "--workdir", ref),
+                logs / "ref.log", env, session=False)
+    assert proc.wait(timeout=600) == 0, (logs / "ref.log").read_text()[-3000:]
+    figures = _kill_loop(latentlm_command("train", "--config", config, "--workdir", run),
+                         run, str(logs), env, kills, seed, window)
+    figures["seconds"] = round(time.perf_counter() - t0, 1)
+    ref_state, ref_data = _final_state(ref, total)
+    state, data = _final_state(run, total)
+    assert int(np.asarray(state["step"])) == total
+    _assert_bitwise_equal(state, ref_state)
+    assert data == ref_data  # the same data position
+    print(f"hard kills: {figures}")
+    return figures
+
+
+EVERY_STEP = {"checkpoint.every_steps": 1, "checkpoint.keep": 3, "checkpoint.async_save": True,
+              "train.log_every": 1, "train.warmup_steps": 2,
+              "metrics.peak_tflops_per_device": 1.0}
+
+
+@pytest.mark.slow
+def test_lm_survives_hard_kills_bitwise(tmp_path):
+    kills = 50 if FULL else 10
+    total = 10 * kills
+    config = _config_file(tmp_path, "lm", LM_TINY, {
+        **{f"model.{k}": v for k, v in TINY_MODEL.items()}, "data.seq_len": 32,
+        "train.global_batch_size": 8, "train.num_steps": total, **EVERY_STEP})
+    figures = _kill_and_compare(tmp_path, config, total, kills, seed=0)
+    assert figures["during_write"] >= 1  # some kills landed while a checkpoint was written
+
+
+@pytest.mark.slow
+def test_sigma_vae_survives_hard_kills_bitwise(tmp_path):
+    kills = 10 if FULL else 3
+    total = 10 * kills
+    config = _config_file(tmp_path, "vae", config_path("vae_image_tiny.py"), {
+        "vae.image.channels": 8, "vae.image.channel_mult": (1, 2), "vae.eval_examples": 8,
+        "train.global_batch_size": 8, "train.num_steps": total, "train.eval_every": 0,
+        **EVERY_STEP})
+    _kill_and_compare(tmp_path, config, total, kills, seed=1)
+
+
+@pytest.mark.slow
+def test_latentlm_survives_hard_kills_bitwise(tmp_path):
+    from latentlm_jax.data.array_record_source import write_latents
+
+    rng = np.random.default_rng(0)
+    image, audio = str(tmp_path / "img.array_record"), str(tmp_path / "aud.array_record")
+    write_latents(image, [{"latents": rng.normal(size=(4, 3)).astype(np.float32),
+                           "caption": f"shape {i}", "modality": "image"} for i in range(32)])
+    write_latents(audio, [{"latents": rng.normal(size=(5, 6)).astype(np.float32),
+                           "caption": f"notes {i}", "modality": "audio"} for i in range(32)])
+    kills = 10 if FULL else 3
+    total = 10 * kills
+    config = _config_file(tmp_path, "latentlm", None, {
+        "task": "lm", **{f"model.{k}": v for k, v in TINY_MODEL.items()},
+        "model.image_latent_dim": 3, "model.audio_latent_dim": 6,
+        "model.diffusion.batch_mul": 3, "data.source": "latents", "data.seq_len": 48,
+        "data.latent_files": (image, audio), "train.global_batch_size": 4,
+        "train.num_steps": total, "mesh.ici.data": 1, "mesh.ici.fsdp": 1, **EVERY_STEP})
+    _kill_and_compare(tmp_path, config, total, kills, seed=2)
+
+
+# ------------------------------------------------------------------------------ the demo
+# `latentlm demo --fast` shrunk further: a few steps per training stage (several checkpoints
+# each), few encoded examples and samples. Stage k prints "[k/6] <title>" when it starts and
+# "[k/6] done|reused in ..." when it ends.
+DEMO_SMALL = ["--fast", *(f"--config.{k}={v}" for k, v in {
+    "vae_image.train.num_steps": 12, "vae_image.train.warmup_steps": 2,
+    "vae_image.checkpoint.every_steps": 4, "vae_audio.train.num_steps": 8,
+    "vae_audio.train.warmup_steps": 2, "vae_audio.checkpoint.every_steps": 4,
+    "lm.train.num_steps": 12, "lm.train.warmup_steps": 2, "lm.checkpoint.every_steps": 4,
+    "encode.num_examples": 64, "generate.text_to_image": 4, "generate.image_to_text": 2,
+    "generate.text_to_audio": 2, "generate.audio_to_text": 2, "generate.batch_size": 4,
+    "generate.steps": 2}.items())]
+DEMO_STAGES = 6
+TRAINING_STAGES = (1, 2, 4)  # the σ-VAEs and the LatentLM
+ENCODE_STAGE = 3
+
+
+def _demo_stages_to_kill() -> list[int]:
+    """Every stage in the full run; in CI one, drawn by the date (a different stage from day
+    to day, the same all day) unless LATENTLM_KILL_STAGE names it."""
+    if FULL:
+        return list(range(1, DEMO_STAGES + 1))
+    if os.environ.get("LATENTLM_KILL_STAGE"):
+        return [int(os.environ["LATENTLM_KILL_STAGE"])]
+    return [1 + time.gmtime().tm_yday % DEMO_STAGES]
+
+
+@pytest.mark.slow
+def test_demo_survives_a_kill_in_each_stage(tmp_path):
+    env = dict(one_device_env(), PYTHONUNBUFFERED="1")
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "jax_cache")
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    demo = latentlm_command("demo", *DEMO_SMALL, "--workdir")
+    rng = np.random.default_rng(3)
+    ref = _run(demo + [str(tmp_path / "ref")], tmp_path / "ref.log", env, session=False)
+    assert ref.wait(timeout=900) == 0, _read(tmp_path / "ref.log")[-3000:]
+    killed_in = []
+    for k in _demo_stages_to_kill():
+        log = tmp_path / f"kill{k}.log"
+        proc = _run(demo + [str(tmp_path / "killed")], log, env)
+        header = f"[{k}/{DEMO_STAGES}] "
+        assert _wait_for(log, header, proc, timeout=900), _read(log)[-3000:]
+        if k in TRAINING_STAGES:  # into the training steps and their checkpoint writes
+            assert _wait_for(log, COMPILED, proc, timeout=900, after=header), _read(log)[-3000:]
+            time.sleep(rng.uniform(0.0, 1.0))
+        elif k == ENCODE_STAGE:  # between the image shard and the audio one (a quick stage)
+            assert _wait_for(log, "wrote ", proc, timeout=900, after=header), _read(log)[-3000:]
+        else:
+            time.sleep(rng.uniform(0.2, 1.5))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        text = _read(log)
+        started = re.findall(r"^\[(\d)/6\] (?!done|reused)", text, re.M)
+        ended = re.findall(r"^\[(\d)/6\] (?:done|reused) in", text, re.M)
+        running = [int(s) for s in started if s not in ended]
+        assert running, f"the kill in stage {k} came after the demo ended:\n{text[-2000:]}"
+        killed_in.append(running[-1])
+    log = tmp_path / "final.log"
+    proc = _run(demo + [str(tmp_path / "killed")], log, env)
+    assert proc.wait(timeout=900) == 0, _read(log)[-3000:]
+    expected = json.loads(_read(tmp_path / "ref" / "results.json"))
+    results = json.loads(_read(tmp_path / "killed" / "results.json"))
+    assert results["scores"] == expected["scores"]
+    assert results["samples"] == expected["samples"]
+    print(f"demo killed in stages {killed_in}")
+    assert set(killed_in) == set(_demo_stages_to_kill())
