@@ -30,8 +30,10 @@ setup(
         "gcsfs>=2024.2",
     ],
     extras_require={
-        # gcp-storage-emulator: the in-memory bucket of tests/test_bucket.py
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "gcp-storage-emulator>=2024.8"],
+        # gcp-storage-emulator: the in-memory bucket of tests/test_bucket.py; hypothesis: the
+        # property-based data fuzzing of tests/test_data_fuzz.py
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "gcp-storage-emulator>=2024.8",
+                 "hypothesis>=6.100"],
         # libtpu at exactly the version this jax release pins.
         "tpu": ["jax[tpu]"],
         # CUDA wheels of jaxlib's plugins for NVIDIA GPUs (launch/slurm_gpu.sbatch).

@@ -34,7 +34,7 @@ def test_values_and_gradients_match_autodiff(x_shape, w_shape):
     np.testing.assert_allclose(linear(x, w), _reference(x, w), rtol=1e-6, atol=1e-6)
     got = jax.jit(jax.grad(lambda x, w: loss(linear, x, w), argnums=(0, 1)))(x, w)
     want = jax.jit(jax.grad(lambda x, w: loss(_reference, x, w), argnums=(0, 1)))(x, w)
-    for g, r in zip(got, want):
+    for g, r in zip(got, want, strict=True):
         assert g.shape == r.shape and g.dtype == r.dtype
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
 

@@ -1,8 +1,9 @@
 """A JSONL manifest of user files as a random-access source.
 
 Each non-blank line is one example, a JSON object with any of ``"text"`` (a string), ``"image"``
-(a path) and ``"audio"`` (a path); relative paths are resolved against the manifest's directory and
-other keys are ignored::
+(a path) and ``"audio"`` (a path); relative paths are resolved against the manifest's directory,
+URLs must be of a scheme the path layer reads (``gs://``, ``s3://``, ...; others are ``bad_field``)
+and other keys are ignored::
 
     {"text": "a red circle", "image": "img/0001.png"}
     {"audio": "/data/clips/a.flac", "text": "a dog barks"}
@@ -122,6 +123,11 @@ class ManifestSource:
         if not isinstance(value, str) or not value.strip():
             raise BadInput("bad_field", f'"{key}" must be a non-empty path string, got {value!r}')
         if paths.is_url(value):
+            try:  # a scheme the path layer has no filesystem for (http://, file://, ...)
+                paths.resolve(value)
+            except Exception as exc:  # epath raises a bare KeyError
+                raise BadInput("bad_field", f'"{key}" is a URL of a scheme the path layer does '
+                                            f"not read (gs://, s3://, ...): {value!r}") from exc
             return value
         if paths.is_url(self.root):  # a manifest in a bucket: its relative paths too
             return str(paths.join(self.root, value))

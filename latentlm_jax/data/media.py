@@ -10,6 +10,9 @@ An image with more than ``max_pixels`` pixels (``data.max_image_pixels``) is ref
 ``too_large`` from its header, before any pixel is decoded: a 33 KB PNG can declare 12000×12000
 pixels and take 1.7 GB and seconds to decode. Pillow's own ``DecompressionBombWarning`` is
 silenced (this check replaces it); its ``DecompressionBombError`` is reported as ``too_large``.
+Likewise a clip whose header's sample rate would need an unbounded resampling filter (a prime
+rate near 10^6 Hz takes seconds, 2 GHz hundreds of GB) is ``corrupt_audio`` before it is read
+(:data:`MAX_RESAMPLE_FACTOR`).
 """
 
 from __future__ import annotations
@@ -170,10 +173,13 @@ def load_audio(path: str, sample_rate: int, num_samples: int) -> np.ndarray:
     try:
         with paths.open_file(path, "rb") as stream, sf.SoundFile(stream) as f:
             rate, declared = int(f.samplerate), int(f.frames)
+            check_resampling(rate, sample_rate, file=path)  # before reading: bounds `wanted`
             wanted = declared
             if num_samples > 0:
                 wanted = min(declared, _input_frames_needed(num_samples, rate, sample_rate))
             data = f.read(frames=wanted, dtype="float32", always_2d=True)
+    except BadInput:
+        raise
     except Exception as exc:  # any decoder failure on untrusted bytes is a bad input
         raise BadInput("corrupt_audio", f"cannot decode audio: {exc}", file=path) from exc
     if declared <= 0 or data.shape[0] == 0:
@@ -212,8 +218,30 @@ def prepare_audio_array(
         raise BadInput("empty_audio", "audio has no samples")
     if not np.isfinite(a).all():
         raise BadInput("corrupt_audio", "non-finite samples")
+    check_resampling(source_rate, sample_rate)
     a = resample(a.astype(np.float32), source_rate, sample_rate)
     return fit_length(a, num_samples) if num_samples > 0 else a
+
+
+# The largest factor (max(up, down) of the reduced ratio target/source) a clip may be resampled
+# by. resample_poly's filter has 20·max(up, down) + 1 taps, so a header's absurd sample rate would
+# take seconds (a prime near 10^6 Hz) or hundreds of GB (2 GHz); real rates need a few thousand
+# at most (44056 Hz → 16 kHz: 5507). At the limit, a clip takes about half a second.
+MAX_RESAMPLE_FACTOR = 2**16
+
+
+def check_resampling(source_rate: int, target_rate: int, file: str | None = None) -> None:
+    """``BadInput("corrupt_audio")`` for a sample rate that cannot be resampled to
+    ``target_rate`` at a bounded cost (above)."""
+    if source_rate <= 0:
+        raise BadInput("corrupt_audio", f"sample rate {source_rate} Hz", file=file)
+    g = math.gcd(int(source_rate), int(target_rate))
+    factor = max(int(source_rate), int(target_rate)) // g
+    if factor > MAX_RESAMPLE_FACTOR:
+        raise BadInput("corrupt_audio", f"sample rate {source_rate:,} Hz cannot be resampled to "
+                                        f"{target_rate:,} Hz at a bounded cost (ratio "
+                                        f"{target_rate // g}/{source_rate // g}; each side at "
+                                        f"most {MAX_RESAMPLE_FACTOR:,})", file=file)
 
 
 def resample(x: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
