@@ -32,6 +32,9 @@ def quiet_logs() -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)
     for name in ("orbax", "jax._src", "grain"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # tensorboardX warns once per non-finite scalar it is given: the non-finite guard
+    # (docs/reliability.md) already says which step and which terms, in one line.
+    logging.getLogger("tensorboardX").setLevel(logging.ERROR)
 
 
 def check_out_dir(out: str, flag: str = "--out") -> None:

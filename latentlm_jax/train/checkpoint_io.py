@@ -202,10 +202,20 @@ def load_params(workdir: str, *, step: int | None = None, use_ema: bool | None =
     key = "ema" if weights == "ema" else "params"
     graphdef, target = abstract_params(config, mesh, dtype)
     item = {key: target}
-    with _manager(workdir) as manager:  # only this subtree is read: no optimizer moments
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-            partial_restore=True)))
+    try:
+        with _manager(workdir) as manager:  # only this subtree is read: no optimizer moments
+            restored = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                    partial_restore=True)))
+    except (KeyError, ValueError, FileNotFoundError, OSError) as e:  # damaged on disk
+        earlier = [s for s in steps if s < step]
+        hint = (f"use --step {earlier[-1]} (an earlier one)" if earlier
+                else "it is the only checkpoint: train again")
+        why = str(e).splitlines()[0][:160] if str(e) else ""
+        raise ConfigError("", f"the checkpoint at step {step} of {workdir} cannot be read "
+                              f"({type(e).__name__}: {why}); it is damaged or incomplete: "
+                              f"{hint}") from None
     return graphdef, restored["state"][key], config, step, weights
 
 
