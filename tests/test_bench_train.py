@@ -105,6 +105,7 @@ def test_training_on_the_synthetic_source_is_one_line(tmp_path, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1, lines
     assert lines[0].startswith("latentlm: error: config.data.source: 'synthetic'")
+    assert not (tmp_path / "w").exists()  # refused before a workdir is made
 
 
 def test_the_head_part_is_the_loss_minus_its_cross_entropy():

@@ -29,6 +29,9 @@ def check_input_files(config: mlc.ConfigDict, workdir: str = "") -> None:
         raise ConfigError("", f"--workdir {workdir} is a file, not a directory")
     if config.task == "lm":
         check_tokenizer(config)
+    if config.data.source == "synthetic":  # bench train's fixed batch: nothing to train on
+        raise ConfigError("data.source", "'synthetic' is a fixed random batch that only "
+                                         "`latentlm bench train` reads; training needs real data")
     if config.data.source == "manifest" and not paths.is_file(config.data.manifest):
         raise ConfigError("data.manifest", f"no such file: {paths.as_str(config.data.manifest)}")
     if config.data.source == "tfds":  # opening it reads only its metadata
