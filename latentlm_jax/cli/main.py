@@ -16,6 +16,7 @@ COMMANDS = {
     "train": ("latentlm_jax.cli.train", "train a model from a config file into --workdir"),
     "generate": ("latentlm_jax.cli.generate", "generate images, audio or captions with a LatentLM"),
     "eval": ("latentlm_jax.cli.eval", "reconstruction quality and latent diagnostics of σ-VAEs"),
+    "eval-images": ("latentlm_jax.cli.eval_images", "FID and Inception Score of generated images against a reference set"),  # noqa: E501
     "reconstruct": ("latentlm_jax.cli.reconstruct", "write a σ-VAE's reconstructions of a dataset as PNG / WAV files"),  # noqa: E501
     "encode": ("latentlm_jax.cli.encode", "encode a dataset into latents with a trained σ-VAE"),
     "export": ("latentlm_jax.cli.export", "export a trained run's weights, config and tokenizer for inference"),  # noqa: E501
