@@ -12,7 +12,6 @@ wait for data (the next batch from the pipeline; host → device transfer for ``
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -60,26 +59,13 @@ def hidden_states(model: nnx.Module, batch: dict[str, jax.Array]) -> jax.Array:
 def diffusion_terms(model: nnx.Module, batch: dict[str, jax.Array], hidden: jax.Array,
                     rng: jax.Array) -> jax.Array:
     """λ · the diffusion losses of every modality on ``hidden``: the head part of
-    ``lm/loss.latentlm_loss`` (same masks, target gathering and noise draws)."""
-    from latentlm_jax.diffusion.loss import diffusion_loss
-    from latentlm_jax.diffusion.schedules import make_schedule
-    from latentlm_jax.lm.loss import gather_targets
-    from latentlm_jax.parallel.logical import constrain
+    ``lm/loss.latentlm_loss`` (the same function computes it there)."""
+    from latentlm_jax.lm.loss import diffusion_loss_terms
 
-    cfg = model.diffusion
-    schedule = make_schedule(cfg.schedule)
-    next_latents = jnp.roll(batch["latents"], -1, axis=1)
+    terms, _ = diffusion_loss_terms(model, batch, hidden, rng)
     total = jnp.zeros((), jnp.float32)
-    for m, dim in model.dims.items():
-        mask = batch["latent_mask"] & (batch["latent_modality"] == m)
-        x0, cond = next_latents[..., :dim], hidden
-        if cfg.target_fraction > 0:
-            capacity = max(1, math.ceil(cfg.target_fraction * hidden.shape[1]))
-            mask, _, (x0, cond) = gather_targets(mask, capacity, x0, cond)
-            cond = constrain(cond, ("batch", "length", "act_embed"))
-        loss_m, _ = diffusion_loss(model.head(m), x0, cond, mask, jax.random.fold_in(rng, m),
-                                   schedule, batch_mul=cfg.batch_mul, prediction=cfg.prediction)
-        total = total + cfg.loss_weight * loss_m
+    for term in terms:
+        total = total + term
     return total
 
 

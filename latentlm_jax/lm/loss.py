@@ -38,15 +38,12 @@ def text_lm_loss(model, batch: dict[str, jax.Array], rng: jax.Array
     return loss, {"ce": loss, "ce_tokens": count}
 
 
-def latentlm_loss(model, batch: dict[str, jax.Array], rng: jax.Array
-                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Position i's hidden state predicts element i+1: a token through the LM head (where
-    ``ce_mask``) or a latent through its modality's diffusion head (where ``latent_mask``)."""
+def diffusion_loss_terms(model, batch: dict[str, jax.Array], hidden: jax.Array, rng: jax.Array
+                         ) -> tuple[list[jax.Array], dict[str, jax.Array]]:
+    """Every modality's λ-weighted diffusion loss on ``hidden`` (position i's state predicts the
+    latent at i+1 where ``latent_mask``), in modality order, and their metrics."""
     cfg = model.diffusion
-    hidden = model.hidden(batch)
-    ce, count = masked_cross_entropy(model.logits(hidden), batch["targets"], batch["ce_mask"])
-    total = ce
-    metrics = {"ce": ce, "ce_tokens": count}
+    terms, metrics = [], {}
     next_latents = jnp.roll(batch["latents"], -1, axis=1)
     schedule = make_schedule(cfg.schedule)
     seq_len = hidden.shape[1]
@@ -61,7 +58,22 @@ def latentlm_loss(model, batch: dict[str, jax.Array], rng: jax.Array
             metrics[f"{name}_latents_dropped"] = dropped
         loss_m, _ = diffusion_loss(model.head(m), x0, cond, mask, jax.random.fold_in(rng, m),
                                    schedule, batch_mul=cfg.batch_mul, prediction=cfg.prediction)
-        total = total + cfg.loss_weight * loss_m
+        terms.append(cfg.loss_weight * loss_m)
         metrics[f"diff/{name}"] = loss_m
         metrics[f"{name}_latents"] = mask.sum()
+    return terms, metrics
+
+
+def latentlm_loss(model, batch: dict[str, jax.Array], rng: jax.Array
+                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Position i's hidden state predicts element i+1: a token through the LM head (where
+    ``ce_mask``) or a latent through its modality's diffusion head (where ``latent_mask``)."""
+    hidden = model.hidden(batch)
+    ce, count = masked_cross_entropy(model.logits(hidden), batch["targets"], batch["ce_mask"])
+    total = ce
+    metrics = {"ce": ce, "ce_tokens": count}
+    terms, diffusion_metrics = diffusion_loss_terms(model, batch, hidden, rng)
+    for term in terms:
+        total = total + term
+    metrics.update(diffusion_metrics)
     return total, metrics
