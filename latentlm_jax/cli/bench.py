@@ -66,11 +66,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args)
     quiet_logs()
     if args.kind == "data":
-        from latentlm_jax.cli.train import check_input_files
-        from latentlm_jax.data.latents_dir import resolve_latents_dir
-
-        resolve_latents_dir(config)
-        check_input_files(config)  # missing latents / manifest: one line, before any timing
+        _check_real_data(config)
         return _bench_data(config, args)
     if args.kind == "memory":
         from latentlm_jax.cli.bench_memory import run_memory
@@ -81,18 +77,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_real_data(config) -> None:
+    """As ``train`` does: dims etc. from data.latents_dir, and the input files exist (a missing
+    manifest or latent shard is one line, before any timing)."""
+    from latentlm_jax.cli.train import check_input_files
+    from latentlm_jax.data.latents_dir import resolve_latents_dir
+
+    resolve_latents_dir(config)
+    check_input_files(config)
+
+
 def _bench_train(config, args: argparse.Namespace) -> int:
     import json
 
     from latentlm_jax import paths
     from latentlm_jax.bench.train import bench_train, report_lines
 
-    if config.data.source != "synthetic":  # real data: its files exist, one line if not
-        from latentlm_jax.cli.train import check_input_files
-        from latentlm_jax.data.latents_dir import resolve_latents_dir
-
-        resolve_latents_dir(config)
-        check_input_files(config)
+    if config.data.source != "synthetic":
+        _check_real_data(config)
     out = bench_train(config, steps=args.steps, warmup=args.warmup,
                       xla_flops=not args.no_xla_flops)
     print(f"bench train: {args.config} {' '.join(args.config_overrides)}".rstrip())
