@@ -16,6 +16,7 @@ import pytest
 from flax import nnx
 
 from latentlm_jax.config.loading import ConfigError, load_config_file
+from latentlm_jax.config.sweep import flatten
 from latentlm_jax.data import scoring
 from latentlm_jax.data.shapes_tones import (
     HELD_OUT_COMBINATIONS,
@@ -135,7 +136,7 @@ def test_stage_configs_pass_the_seed_and_the_vae_dims(tmp_path):
     assert lm.data.image_vae_workdir == str(tmp_path / "vae_image")
     # --fast only changes sizes: the full config has the same fields
     full = load_config_file(FULL)
-    assert sorted(stages._flatten(full.to_dict())) == sorted(stages._flatten(c.to_dict()))
+    assert sorted(flatten(full.to_dict())) == sorted(flatten(c.to_dict()))
     c.generate.sampler = "euler"
     with pytest.raises(ConfigError, match="generate.sampler"):
         pipeline.check_demo_config(c)

@@ -19,6 +19,7 @@ import ml_collections as mlc
 from latentlm_jax import paths
 from latentlm_jax.config.base import base_config
 from latentlm_jax.config.loading import ConfigError
+from latentlm_jax.config.sweep import flatten
 from latentlm_jax.data.encode_latents import encode_dataset, shard_name
 from latentlm_jax.data.shapes_tones import ShapesTones
 from latentlm_jax.demo.markers import clear_marker, fingerprint, marker_matches, write_marker
@@ -46,23 +47,13 @@ def config_json(config: mlc.ConfigDict) -> dict[str, Any]:
     return json.loads(config.to_json_best_effort())
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_differences(saved: Mapping[str, Any], new: Mapping[str, Any],
                        ignore: frozenset[str] = PATH_FIELDS) -> list[str]:
     """``field: old → new`` for every field that differs (``ignore``d fields aside). A field the
     saved config lacks is no difference while the new value is its default: the run was made
     before the field existed, and the default keeps the behaviour it was trained with."""
-    a, b = _flatten(saved), _flatten(new)
-    defaults = _flatten(config_json(base_config()))
+    a, b = flatten(saved), flatten(new)
+    defaults = flatten(config_json(base_config()))
     diffs = []
     for key in sorted(set(a) | set(b)):
         if key in ignore or a.get(key) == b.get(key):

@@ -32,7 +32,7 @@ from latentlm_jax.train.metrics import MetricsWriter, format_duration, format_ra
 from latentlm_jax.train.nonfinite import NonFiniteGuard
 from latentlm_jax.train.preemption import SignalFlag, agreement
 from latentlm_jax.train.setup import build_setup
-from latentlm_jax.train.workdir_check import checkpoint_write_error, probe_workdir
+from latentlm_jax.train.workdir_check import checkpoint_write_error, probe_workdir, step_dirs
 
 log = logging.getLogger("latentlm")
 
@@ -222,8 +222,7 @@ def _checkpoint_writes(workdir: str, step: int | None) -> Iterator[None]:
     try:
         yield
     except Exception as e:
-        names = paths.listdir(paths.join(workdir, "checkpoints"))
-        done = {int(n) for n in names if n.isdigit()} - {step}  # finalized ones only
+        done = step_dirs(workdir) - {step}  # finalized ones only
         error = checkpoint_write_error(e, workdir, step, max(done, default=None))
         if error is None:
             raise

@@ -18,6 +18,7 @@ import ml_collections as mlc
 
 from latentlm_jax import paths
 from latentlm_jax.config.loading import ConfigError
+from latentlm_jax.config.sweep import flatten
 
 PROBE_NAME = ".latentlm-write-probe"
 PROBE_BYTES = 64 * 1024  # enough to touch a data block, small enough to be instant
@@ -30,12 +31,10 @@ _SHAPED_VAE_LOSS = ("adversarial", "disc_channels", "disc_layers")
 
 
 def _flat(node: Any, prefix: str) -> dict[str, Any]:
-    if isinstance(node, dict | mlc.ConfigDict):
-        out: dict[str, Any] = {}
-        for key in node:
-            out.update(_flat(node[key], f"{prefix}.{key}"))
-        return out
-    return {prefix: tuple(node) if isinstance(node, list | tuple) else node}
+    """:func:`~latentlm_jax.config.sweep.flatten` with sequences as tuples, so a config's tuple
+    and the list config.json saved for it compare equal."""
+    return {k: tuple(v) if isinstance(v, list | tuple) else v
+            for k, v in flatten(node, prefix).items()}
 
 
 def state_fields(config: mlc.ConfigDict | dict) -> dict[str, Any]:
@@ -60,9 +59,16 @@ def state_fields(config: mlc.ConfigDict | dict) -> dict[str, Any]:
     return out
 
 
+def step_dirs(workdir: str) -> set[int]:
+    """The steps of ``workdir/checkpoints``' step directories (Orbax's unfinished ones are named
+    ``<step>.orbax-checkpoint-tmp…`` and are not among them)."""
+    names = paths.listdir(paths.join(workdir, "checkpoints"))
+    return {int(name) for name in names if name.isdigit()}
+
+
 def has_checkpoint(workdir: str) -> bool:
-    """Whether ``workdir/checkpoints`` holds a step directory (complete or not)."""
-    return any(name.isdigit() for name in paths.listdir(paths.join(workdir, "checkpoints")))
+    """Whether ``workdir/checkpoints`` holds a step directory."""
+    return bool(step_dirs(workdir))
 
 
 def check_resume(config: mlc.ConfigDict, workdir: str) -> None:
