@@ -44,9 +44,10 @@ in every pod size) only where a compile showed it pays (``TENSOR``): for ``13b``
 63.67 GiB per chip against 92.98 with FSDP alone; for ``30b`` it needs 107.81, which does not fit,
 against 91.66 (docs/benchmarks.md "Tensor parallelism, measured").
 
-The head runs on ``target_fraction`` = half of each row's positions per modality; latent targets
-beyond that are dropped and counted (``*_latents_dropped`` in the metrics): raise it for data whose
-rows are mostly one modality.
+The head runs on ``target_fraction`` = half of each row's positions per modality (2,048 slots); the
+packer closes a row before its latent targets of a modality would pass them, so none is dropped
+(``data/target_capacity.py``; ``*_latents_dropped`` in the metrics reads 0). Data whose rows are
+mostly one modality then packs rows shorter: raise the fraction for it.
 """
 
 import os

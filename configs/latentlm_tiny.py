@@ -41,7 +41,9 @@ def get_config(latents_dir: str = ""):
     # ε-model's x̂₀ = (x_t − σ·ε̂)/α has (docs/diffusion.md)
     m.diffusion.prediction = "v"
     m.diffusion.batch_mul = 2
-    m.diffusion.target_fraction = 0.4  # the head runs on gathered latent targets only
+    # The head runs on gathered latent targets only: ceil(0.4 · 128) = 52 slots per row and
+    # modality, and the packer closes a row before its targets would pass them (none dropped).
+    m.diffusion.target_fraction = 0.4
     m.diffusion.loss_weight = 1.0
 
     d = c.data

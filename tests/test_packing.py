@@ -10,6 +10,7 @@ from latentlm_jax.data.packing import (
     TEXT_KEYS,
     Document,
     DocumentTooLong,
+    DocumentTooManyTargets,
     RowPacker,
     pack_documents,
 )
@@ -19,15 +20,21 @@ LATENT = 7  # <latent>
 BOS, EOS, BOI, EOI, BOA, EOA = 1, 2, 3, 4, 5, 6
 
 
-def reference_pack(docs, seq_len, latent_dim):
-    """Loop-by-loop packing: greedy rows; every field computed element by element."""
-    rows, row, used = [], [], 0
+def reference_pack(docs, seq_len, latent_dim, budget=None):
+    """Loop-by-loop packing: greedy rows (closed also when a modality's latent targets, one per
+    <latent> token, would pass ``budget[modality]``); every field computed element by element."""
+    budget = budget or {}
+    rows, row, used, targets = [], [], 0, {}
     for doc in docs:
-        if used + len(doc.tokens) > seq_len:
+        mods = [m for m, z in zip(doc.modalities, doc.latents, strict=True) for _ in z]
+        over = any(m in budget and targets.get(m, 0) + mods.count(m) > budget[m] for m in mods)
+        if used + len(doc.tokens) > seq_len or over:
             rows.append(row)
-            row, used = [], 0
+            row, used, targets = [], 0, {}
         row.append(doc)
         used += len(doc.tokens)
+        for m in mods:
+            targets[m] = targets.get(m, 0) + 1
     if row:
         rows.append(row)
     out = {k: [] for k in TEXT_KEYS + (LATENT_KEYS if latent_dim else ())}
@@ -202,3 +209,66 @@ def test_bad_documents_raise():
         pack_documents([Document(np.array([BOS, LATENT, 9, LATENT, EOS], np.int32),
                                  (np.zeros((2, 2), np.float32),), (IMAGE,))], 8, latent_id=LATENT,
                        latent_dim=2)
+
+
+# ------------------------------------------------------------------------------ target budget
+@pytest.mark.parametrize("seed", range(4))
+def test_budgeted_packing_matches_reference(seed):
+    """With a per-row target budget rows close earlier; every field still matches, no row holds
+    more targets of a modality than its slots, and the documents stay in order."""
+    rng = np.random.default_rng(200 + seed)
+    seq_len, dim = 48, 5
+    docs = random_docs(rng, 60, seq_len, dim, multimodal=True)
+    budget = {IMAGE: 6, AUDIO: 5}
+    docs = [d for d in docs if all(k <= budget[m] for m, k in d.targets().items())]
+    got = pack_documents(docs, seq_len, latent_id=LATENT, latent_dim=dim, target_budget=budget)
+    want = reference_pack(docs, seq_len, dim, budget)
+    for k in TEXT_KEYS + LATENT_KEYS:
+        np.testing.assert_allclose(got[k], want[k], err_msg=k)
+    for m, slots in budget.items():
+        per_row = (got["latent_mask"] & (got["latent_modality"] == m)).sum(axis=1)
+        assert per_row.max() <= slots
+    # the budget is what closed some rows: without it there are fewer rows, and fuller ones
+    free = pack_documents(docs, seq_len, latent_id=LATENT, latent_dim=dim)
+    assert len(free["tokens"]) < len(got["tokens"])
+    assert max((free["latent_mask"] & (free["latent_modality"] == m)).sum(axis=1).max() - s
+               for m, s in budget.items()) > 0
+
+
+def test_document_targets_are_its_latent_mask():
+    rng = np.random.default_rng(3)
+    for doc in random_docs(rng, 40, 48, 5, multimodal=True):
+        b = pack_documents([doc], 48, latent_id=LATENT, latent_dim=5)
+        for m in (IMAGE, AUDIO):
+            count = int((b["latent_mask"] & (b["latent_modality"] == m)).sum())
+            assert doc.targets().get(m, 0) == count
+
+
+def image_doc(k, caption=0):
+    ids = np.array([BOS, *[9] * caption, BOI, *[LATENT] * k, EOI, EOS], np.int32)
+    return Document(ids, (np.ones((k, 2), np.float32),), (IMAGE,), source=f"img{k}")
+
+
+def test_the_budget_closes_the_row_and_refuses_what_never_fits():
+    packer = RowPacker(64, latent_id=LATENT, latent_dim=2, target_budget={IMAGE: 8})
+    assert packer.add(image_doc(5)) and packer.targets == {IMAGE: 5}
+    used = packer.used
+    assert not packer.add(image_doc(4))  # 9 > 8 slots: the row closes, nothing changed
+    assert packer.used == used and packer.targets == {IMAGE: 5}
+    assert packer.add(image_doc(3)) and packer.targets == {IMAGE: 8}  # exactly the budget
+    packer.flush()
+    assert packer.targets == {} and packer.add(image_doc(4))
+    with pytest.raises(DocumentTooManyTargets) as info:  # alone over the budget: never fits
+        packer.check(image_doc(9))
+    e = info.value
+    assert (e.modality, e.targets, e.slots) == (IMAGE, 9, 8) and "img9" in str(e)
+    with pytest.raises(DocumentTooManyTargets):
+        pack_documents([image_doc(9)], 64, latent_id=LATENT, latent_dim=2,
+                       target_budget={IMAGE: 8})
+    # a budget of another modality does not bound image targets; no budget: length alone
+    for budget in ({AUDIO: 1}, None):
+        b = pack_documents([image_doc(9)] * 3, 64, latent_id=LATENT, latent_dim=2,
+                           target_budget=budget)
+        assert len(b["tokens"]) == 1
+    with pytest.raises(ValueError, match="positive"):
+        RowPacker(8, latent_id=LATENT, target_budget={IMAGE: 0})

@@ -42,6 +42,7 @@ REASONS = (
     "bad_field",  # a field has the wrong type / shape / dtype
     "corrupt_record",  # an ArrayRecord record cannot be decoded
     "too_long",  # the packer: the example does not fit in data.seq_len
+    "too_many_targets",  # the packer: more latent targets than the diffusion head's slots per row
     "too_large",  # an image over data.max_image_pixels (refused before it is decoded)
     "no_image",  # (NotApplicable) a reader of images only (an image σ-VAE) met an example without
     "no_audio",  # (NotApplicable) likewise for audio

@@ -6,12 +6,18 @@ A :class:`Document` is one training sequence: token ids where every latent posit
 the row is closed (padded with zeros) and the document starts the next one. Documents are never
 split or truncated: one longer than ``seq_len`` raises :class:`DocumentTooLong` and the caller
 decides (``data.bad_input``: skip or error).
+
+An optional per-row *target budget* ``{modality: slots}`` (the diffusion head's gathered slots,
+``data/target_capacity.py``) also closes the row before a document would take a modality's latent
+targets in it above its slots; a document with more targets than that on its own raises
+:class:`DocumentTooManyTargets`. A span of ``k`` latents is ``k`` targets of its modality (the
+positions before each latent carry ``latent_mask``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -38,6 +44,14 @@ class Document:
     def __len__(self) -> int:
         return int(len(self.tokens))
 
+    def targets(self) -> dict[int, int]:
+        """Latent targets per modality: one per latent (``latent_mask`` marks the position
+        before each latent)."""
+        out: dict[int, int] = {}
+        for z, m in zip(self.latents, self.modalities, strict=False):
+            out[m] = out.get(m, 0) + (int(np.shape(z)[0]) if np.ndim(z) else 0)
+        return out
+
 
 class DocumentTooLong(ValueError):
     """A document has more elements than a row holds."""
@@ -47,6 +61,19 @@ class DocumentTooLong(ValueError):
         super().__init__(f"document of {length} elements does not fit in seq_len={seq_len}{where}")
         self.length = length
         self.seq_len = seq_len
+        self.source = source
+
+
+class DocumentTooManyTargets(ValueError):
+    """A document has more latent targets of a modality than the row's target budget."""
+
+    def __init__(self, modality: int, targets: int, slots: int, source: str = ""):
+        where = f" ({source})" if source else ""
+        super().__init__(f"document of {targets} {MODALITY_NAMES[modality]} latent targets does "
+                         f"not fit the diffusion head's {slots} slots per row{where}")
+        self.modality = modality
+        self.targets = targets
+        self.slots = slots
         self.source = source
 
 
@@ -111,17 +138,24 @@ class RowPacker:
     ``add(doc)`` returns ``False`` (and changes nothing) when ``doc`` does not fit in what is left
     of the current row; the caller then takes the row with ``flush()`` and adds ``doc`` again.
     ``latent_dim = 0`` gives the text-only fields; ``> 0`` adds the latent fields with that width.
+    ``target_budget`` ``{modality: slots}``: ``add`` also returns ``False`` when ``doc`` would take
+    a modality's latent targets in the row above its slots (``None``: no budget).
     """
 
-    def __init__(self, seq_len: int, *, latent_id: int, latent_dim: int = 0):
+    def __init__(self, seq_len: int, *, latent_id: int, latent_dim: int = 0,
+                 target_budget: Mapping[int, int] | None = None):
         if seq_len <= 0:
             raise ValueError(f"seq_len must be positive, got {seq_len}")
+        if target_budget and min(target_budget.values()) <= 0:
+            raise ValueError(f"target budget slots must be positive, got {dict(target_budget)}")
         self.seq_len = seq_len
         self.latent_id = latent_id
         self.latent_dim = latent_dim
+        self.target_budget = dict(target_budget or {})
         self._row = self._empty()
         self._used = 0
         self._segments = 0
+        self._targets: dict[int, int] = {}
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -135,6 +169,11 @@ class RowPacker:
     @property
     def num_documents(self) -> int:
         return self._segments
+
+    @property
+    def targets(self) -> dict[int, int]:
+        """Latent targets per modality in the current row."""
+        return dict(self._targets)
 
     def _empty(self) -> dict[str, np.ndarray]:
         L = self.seq_len
@@ -155,14 +194,23 @@ class RowPacker:
         return row
 
     def check(self, doc: Document) -> None:
-        """Raises :class:`DocumentTooLong` if ``doc`` can never fit in a row."""
+        """Raises :class:`DocumentTooLong` or :class:`DocumentTooManyTargets` if ``doc`` can
+        never fit in a row."""
         if len(doc) > self.seq_len:
             raise DocumentTooLong(len(doc), self.seq_len, doc.source)
+        for m, k in doc.targets().items():
+            slots = self.target_budget.get(m)
+            if slots is not None and k > slots:
+                raise DocumentTooManyTargets(m, k, slots, doc.source)
 
     def add(self, doc: Document) -> bool:
         self.check(doc)
         n = len(doc)
         if self._used + n > self.seq_len:
+            return False
+        targets, budget = doc.targets(), self.target_budget
+        if any(m in budget and self._targets.get(m, 0) + k > budget[m]
+               for m, k in targets.items()):
             return False
         fields = document_fields(doc, self.latent_id, self.latent_dim)
         s = slice(self._used, self._used + n)
@@ -174,6 +222,8 @@ class RowPacker:
             if key in fields:
                 row[key][s] = fields[key]
         self._used += n
+        for m, k in targets.items():
+            self._targets[m] = self._targets.get(m, 0) + k
         return True
 
     def flush(self) -> dict[str, np.ndarray]:
@@ -181,17 +231,21 @@ class RowPacker:
         row, self._row = self._row, self._empty()
         self._used = 0
         self._segments = 0
+        self._targets = {}
         return row
 
 
 def pack_documents(
-    docs: Iterable[Document], seq_len: int, *, latent_id: int, latent_dim: int = 0
+    docs: Iterable[Document], seq_len: int, *, latent_id: int, latent_dim: int = 0,
+    target_budget: Mapping[int, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Packs ``docs`` greedily, in order, into ``[rows, seq_len]`` arrays (the last row padded).
 
-    Raises :class:`DocumentTooLong` for a document longer than ``seq_len``.
+    Raises :class:`DocumentTooLong` for a document longer than ``seq_len``
+    (:class:`DocumentTooManyTargets` for one over ``target_budget``).
     """
-    packer = RowPacker(seq_len, latent_id=latent_id, latent_dim=latent_dim)
+    packer = RowPacker(seq_len, latent_id=latent_id, latent_dim=latent_dim,
+                       target_budget=target_budget)
     rows: list[dict[str, np.ndarray]] = []
     for doc in docs:
         if not packer.add(doc):

@@ -3,11 +3,10 @@ latents (LatentLM)."""
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
+from latentlm_jax.data.target_capacity import head_slots_per_row
 from latentlm_jax.diffusion.loss import diffusion_loss
 from latentlm_jax.diffusion.schedules import make_schedule
 from latentlm_jax.lm.cross_entropy import masked_cross_entropy
@@ -52,7 +51,9 @@ def diffusion_loss_terms(model, batch: dict[str, jax.Array], hidden: jax.Array, 
         mask = batch["latent_mask"] & (batch["latent_modality"] == m)
         x0, cond = next_latents[..., :dim], hidden
         if cfg.target_fraction > 0:
-            capacity = max(1, math.ceil(cfg.target_fraction * seq_len))
+            # The pipeline packs rows to these slots (data/target_capacity.py): the dropped count
+            # is the check that reads 0.
+            capacity = head_slots_per_row(cfg.target_fraction, seq_len)
             mask, dropped, (x0, cond) = gather_targets(mask, capacity, x0, cond)
             cond = constrain(cond, ("batch", "length", "act_embed"))
             metrics[f"{name}_latents_dropped"] = dropped

@@ -13,13 +13,13 @@ rematerialisation adds on top (hardware FLOPs, not counted in MFU).
 
 from __future__ import annotations
 
-import math
 import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 
+from latentlm_jax.data.target_capacity import head_slots_per_row
 from latentlm_jax.modality import latent_dims
 
 # Sinusoidal timestep features fed to the head's timestep MLP (models/diffusion_head.py).
@@ -56,13 +56,6 @@ def remat_flops_per_token(m: mlc.ConfigDict, seq_len: int) -> float:
     if m.remat_policy == "save_dots":
         return float(_attention_forward_flops(m, seq_len))
     return 0.0
-
-
-def head_slots_per_row(m: mlc.ConfigDict, seq_len: int) -> int:
-    """Positions per row each modality's diffusion head runs on: the gathered target slots
-    (``diffusion.target_fraction`` > 0, lm/loss.py) or every position."""
-    f = m.diffusion.target_fraction
-    return max(1, math.ceil(f * seq_len)) if f > 0 else seq_len
 
 
 def diffusion_head_flops_per_slot(m: mlc.ConfigDict, latent_dim: int) -> float:
