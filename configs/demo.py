@@ -42,6 +42,9 @@ def get_config():
     g.text_temperature = 0.0  # 0 = greedy captions
     g.max_text_tokens = 64
     g.use_ema = True
+    # image→text / audio→text prompts: the σ-VAE's μ (mean) or one noisy sample z = μ + σ·ε as in
+    # training (sample; seeded); docs/vae.md "Fresh noise"
+    g.understanding_input = "mean"
 
     r = c.report = mlc.ConfigDict()
     r.max_audio_players = 48

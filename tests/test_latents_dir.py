@@ -28,7 +28,8 @@ def _encoded(tmp_path, modality: str, dim: int, length: int, step: int = 7) -> s
     out = tmp_path / "latents"
     out.mkdir(exist_ok=True)
     (out / f"latents-{modality}-00000-of-00001.array_record").write_bytes(b"")
-    (out / f"stats-{modality}.json").write_text("{}")
+    (out / f"stats-{modality}.json").write_text(  # μ stored: data.latent_noise=fresh reads it
+        json.dumps({"stored": "mean", "std": [1.0] * dim, "sigma_std": 1.0}))
     vae = tmp_path / f"vae_{modality}"
     vae.mkdir(exist_ok=True)
     (vae / "config.json").write_text("{}")

@@ -1,8 +1,12 @@
 """Encoding a dataset with a trained σ-VAE into normalised latent sequences (ArrayRecord).
 
-For every example: μ = encoder(x); z = μ + σ·ε with one σ per example (the σ-VAE noise: the
-language model trains on noisy latents, not on μ); the latents are flattened to a sequence
-(images in raster order) and normalised with a per-dimension mean/std measured on the data.
+For every example: μ = encoder(x), flattened to a sequence (images in raster order) and stored
+normalised, ``(μ − mean) / std``, with the per-dimension mean/std of the *noisy* latents
+z = μ + σ·ε (one σ per example): mean = E[μ], std² = Var[μ] + E[σ²], exactly (no sampled
+estimate). The σ-VAE noise itself is drawn by the data pipeline each time a latent is read
+(``data.latent_noise``, :mod:`latentlm_jax.data.latent_noise`), so the language model trains on
+fresh noisy latents. A plain VAE (per-element σ) stores one sample z instead (``"stored":
+"sample"``), normalised with the statistics of those samples.
 Each JAX process encodes its own shard ``i::P`` and writes its own file; the statistics are
 combined over processes. ``stats-<modality>.json`` holds what generation needs to de-normalise.
 """
@@ -29,6 +33,7 @@ from latentlm_jax.data.bad_input import (
     BadInputPolicy,
     NotApplicable,
 )
+from latentlm_jax.data.latent_noise import STORED_MEAN, STORED_SAMPLE, sigma_std
 from latentlm_jax.modality import MODALITY_NAMES, VAE_TASKS
 
 # σ-VAE task → (the example field it encodes, the built-in data's caption field for it)
@@ -73,7 +78,10 @@ class MediaExamples:
                 caption = self.captions[index]["text"] or ""
             except NotApplicable:
                 caption = ""
-        return {self.modality: ex[self.modality], self.caption_key: caption}
+        out = {self.modality: ex[self.modality], self.caption_key: caption}
+        if ex.get("label") is not None:  # data.label: carried into the records
+            out["label"] = ex["label"]
+        return out
 
 
 def model_input(modality: str, x: np.ndarray) -> jax.Array:
@@ -90,13 +98,13 @@ def to_sequence(z: np.ndarray) -> np.ndarray:
 
 @nnx.jit
 def _encode(model, x, key):
-    mu = model.mode(x)
-    return mu, model.sample_latent(mu, key)
+    post = model.posterior(x)
+    return post.mean, model.sample_latent(post.mean, key, post.logvar)
 
 
 def encode_examples(model, modality: str, xs: np.ndarray, key: jax.Array,
                     noisy: bool = True) -> np.ndarray:
-    """[B, N, D] latent sequences (σ-VAE sample when ``noisy``, else μ), unnormalised."""
+    """[B, N, D] latent sequences (a sample z when ``noisy``, else μ), unnormalised."""
     mu, z = _encode(model, model_input(modality, xs), key)
     return to_sequence(np.asarray(z if noisy else mu))
 
@@ -116,12 +124,14 @@ def encode_dataset(model, task: str, dataset: Sequence[dict[str, Any]], out_dir:
     ``stats["without_modality"]``. ``stats["encoded"]`` counts all processes' sequences.
     """
     modality, caption_key = MODALITY_KEYS[task]
+    kind = getattr(model, "kind", "sigma")
+    stored = STORED_SAMPLE if kind == "plain" else STORED_MEAN  # docs/vae.md "Fresh noise"
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
     policy = BadInputPolicy(bad_input)
     indices = list(range(pi, num_examples, pc))
     key = jax.random.key(seed)
-    seqs, captions, kept = [], [], []
+    seqs, captions, kept, labels = [], [], [], []
     without = 0
     t0 = time.perf_counter()
     for start in range(0, len(indices), batch_size):
@@ -135,10 +145,13 @@ def encode_dataset(model, task: str, dataset: Sequence[dict[str, Any]], out_dir:
                 policy.handle(e, e.where or f"example:{i}")  # DataError under "error"
         if examples:
             xs = np.stack([ex[modality] for _, ex in examples])
-            z = encode_examples(model, modality, xs, jax.random.fold_in(key, start))
+            z = encode_examples(model, modality, xs, jax.random.fold_in(key, start),
+                                noisy=stored == STORED_SAMPLE)
             seqs.extend(z)
             captions.extend(ex[caption_key] for _, ex in examples)
             kept.extend(i for i, _ in examples)
+            # the class label (data.label; the built-in data's image class) of image examples
+            labels.extend(ex.get("label") if modality == "image" else None for _, ex in examples)
         if progress is not None:
             progress(min(start + batch_size, len(indices)), len(indices),
                      time.perf_counter() - t0)
@@ -157,19 +170,23 @@ def encode_dataset(model, task: str, dataset: Sequence[dict[str, Any]], out_dir:
         counts = np.asarray(multihost_utils.process_allgather(counts)).sum(0)
     count = sums[2]
     mean = sums[0] / count
-    std = np.sqrt(np.maximum(sums[1] / count - mean**2, 1e-12))
+    var = sums[1] / count - mean**2  # of what is stored: μ (σ-VAE) or one sample (plain VAE)
+    noise_std = sigma_std(float(getattr(model, "std", 0.0))) if stored == STORED_MEAN else 0.0
+    std = np.sqrt(np.maximum(var + noise_std**2, 1e-12))  # of z = μ + σ·ε: + E[σ²]
     normalised = ((stacked - mean) / std).astype(np.float32)
     paths.makedirs(out_dir)
     write_shard(paths.join(out_dir, shard_name(modality, pi, pc)),
-                ({"latents": z, "caption": c, "modality": modality, "index": int(i)}
-                 for z, c, i in zip(normalised, captions, kept, strict=True)))
+                ({"latents": z, "caption": c, "modality": modality, "index": int(i),
+                  **({} if k is None else {"label": int(k)})}  # a class label when it has one
+                 for z, c, i, k in zip(normalised, captions, kept, labels, strict=True)))
     encoded, captioned, without_all, skipped_all = _from_counts_vector(counts)
     stats = {"modality": modality, "mean": mean.tolist(), "std": std.tolist(),
              "latent_dim": int(stacked.shape[-1]), "sequence_length": int(stacked.shape[1]),
              "num_examples": num_examples, "encoded": encoded, "captioned": captioned,
              "without_modality": without_all, "skipped": skipped_all,
-             "vae_kind": getattr(model, "kind", "sigma"),
-             "vae_std": float(getattr(model, "std", 0.0)),
+             "vae_kind": kind, "vae_std": float(getattr(model, "std", 0.0)),
+             # what the records hold, and the std of σ a fresh draw needs (data/latent_noise.py)
+             "stored": stored, "sigma_std": noise_std,
              "shards": [shard_name(modality, i, pc) for i in range(pc)]}
     if pi == 0:
         paths.write_text(paths.join(out_dir, f"stats-{modality}.json"),

@@ -8,7 +8,11 @@ modality, what a LatentLM needs to train on them and to decode what it generates
         "latent_dim": 8, "sequence_length": 16, "grid": [4, 4, 8], "count": 1000,
         "captioned": 1000, "caption_field": "text", "without_modality": 0, "skipped": {},
         "vae_workdir": "/abs/runs/vae_image", "vae_step": 2000, "source": "manifest /abs/m.jsonl",
-        "media": {"image_resolution": 32}, "seed": 0}}}
+        "media": {"image_resolution": 32}, "seed": 0, "stored": "mean"}}}
+
+``stored``: what the records hold, the σ-VAE's μ (``"mean"``: the pipeline draws the noise,
+``data.latent_noise``) or one noisy sample (``"sample"``: a plain VAE's; absent in folders
+encoded before fresh noise; docs/vae.md "Fresh noise").
 
 Encoding the other modality into the same DIR adds its entry (re-encoding one replaces it).
 Shard and stats names are relative to DIR (the folder can move); the σ-VAE workdir is absolute.
@@ -30,6 +34,7 @@ import ml_collections as mlc
 
 from latentlm_jax import paths
 from latentlm_jax.config.loading import ConfigError
+from latentlm_jax.data.latent_noise import STORED_SAMPLE, make_latent_noise
 from latentlm_jax.modality import LATENT_DIM_FIELDS, LATENT_MODALITIES, MODALITY_NAMES
 
 DESCRIPTOR = "latents.json"
@@ -110,6 +115,7 @@ def descriptor_entry(stats: Mapping[str, Any], *, grid: tuple[int, ...], vae_wor
         "source": source,
         "media": dict(media),
         "seed": int(seed),
+        "stored": stats.get("stored", STORED_SAMPLE),
     }
 
 
@@ -177,6 +183,8 @@ def resolve_latents_dir(config: mlc.ConfigDict) -> dict[str, Any] | None:
                                               f"{SPAN_OVERHEAD} tokens (need ≥ {need})")
     if not files:
         raise ConfigError("data.latents_dir", f"{path} lists no latents")
+    # stored samples under data.latent_noise=fresh: one line now, before anything is written
+    make_latent_noise(d.get("latent_noise", "fresh"), d.seed, files)
     _fill(config, "data.latent_files", tuple(files), path)
     _fill(config, "data.latent_stats_dir", root, path)
     return desc

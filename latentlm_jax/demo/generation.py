@@ -98,12 +98,16 @@ def generate_samples(lm_dir: str, gen: mlc.ConfigDict, seed: int, say: Say
     def key(task: str, b: int) -> jax.Array:
         return jax.random.fold_in(jax.random.fold_in(root, sorted(TASK_NAMES).index(task)), b)
 
+    # the noisy understanding inputs (generate.understanding_input="sample"): a key per task, apart
+    # from the sampling keys (task indices are 0..3)
+    inputs_root = jax.random.fold_in(root, len(TASK_NAMES))
+
     test = ShapesTones("test", seed)
     records: dict[str, list] = {}
     arrays: dict[str, Any] = {}
     say(f"LatentLM step {step} ({'EMA' if gen.use_ema else 'raw'} weights); sampler "
         f"{gen.sampler} × {gen.steps} steps, CFG image {gen.cfg_scale_image} / audio "
-        f"{gen.cfg_scale_audio}")
+        f"{gen.cfg_scale_audio}; understanding inputs: σ-VAE {gen.understanding_input}")
 
     # text → image: every combination (held-out ones included)
     prompts = t2i_prompts(gen.text_to_image, seed)
@@ -132,7 +136,9 @@ def generate_samples(lm_dir: str, gen: mlc.ConfigDict, seed: int, say: Say
         name = MODALITY_NAMES[codec.modality]
         examples = [test[i] for i in range(n)]
         inputs = np.stack([e[name] for e in examples])
-        z, recon = codec.reconstruct_batch(inputs)
+        z, recon = codec.reconstruct_batch(
+            inputs, gen.understanding_input,
+            jax.random.fold_in(inputs_root, sorted(TASK_NAMES).index(task)))
         texts = _batches(list(z), gen.batch_size,
                          lambda chunk, b: generator.latents_to_text(chunk, codec.modality,
                                                                     key(task, b), opts),

@@ -21,6 +21,7 @@ from latentlm_jax.config.base import base_config
 from latentlm_jax.config.loading import ConfigError
 from latentlm_jax.config.sweep import flatten
 from latentlm_jax.data.encode_latents import encode_dataset, shard_name
+from latentlm_jax.data.latent_noise import STORED_MEAN
 from latentlm_jax.data.shapes_tones import ShapesTones
 from latentlm_jax.demo.markers import clear_marker, fingerprint, marker_matches, write_marker
 from latentlm_jax.demo.progress import Progress
@@ -107,7 +108,10 @@ def encode_stage(vaes: Mapping[str, str], out_dir: str, *, num_examples: int, ba
                  seed: int, say: Say) -> bool:
     """Encodes the first ``num_examples`` train examples with each σ-VAE (``{"image": workdir,
     "audio": workdir}``) into ``out_dir``. Returns whether an earlier complete run was reused."""
-    key = encode_key(vaes, num_examples=num_examples, batch_size=batch_size, seed=seed)
+    # "stored": latents written before the σ-VAE noise moved to the pipeline (one noisy sample
+    # per example) no longer match, so an old demo workdir re-encodes (docs/vae.md "Fresh noise")
+    key = encode_key(vaes, num_examples=num_examples, batch_size=batch_size, seed=seed,
+                     stored=STORED_MEAN)
     if marker_matches(out_dir, key):
         say(f"reusing the latents in {out_dir} ({num_examples} per modality)")
         return True

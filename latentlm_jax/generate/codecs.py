@@ -4,6 +4,12 @@ trained with (``config.data.{image,audio}_vae_workdir``, ``latent_stats_dir``).
 :class:`MediaCodec` has one batched path, ``encode_batch`` / ``reconstruct_batch`` /
 ``decode_batch`` (σ-VAE calls jitted once, compiled once per batch shape), used by ``latentlm
 demo``; its single-example ``encode`` / ``decode`` (``latentlm generate``) go through it too.
+
+Understanding inputs (image→text, audio→text prompts) are encoded as the σ-VAE's μ (``"mean"``) or
+as one noisy sample z = μ + σ·ε like the latents the LatentLM trained on (``"sample"``, drawn
+with the σ-VAE's own sampler from a given key: deterministic); both are normalised with the
+training latents' statistics (``generate.understanding_input`` in the demo,
+``--understanding-input`` for ``latentlm generate``; docs/vae.md "Fresh noise").
 """
 
 from __future__ import annotations
@@ -51,6 +57,23 @@ def _mode(vae, x: jax.Array) -> jax.Array:
     return vae.mode(x)
 
 
+@nnx.jit
+def _sample(vae, x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(μ, one sample z = μ + σ·ε) as the σ-VAE draws it in training."""
+    post = vae.posterior(x)
+    return post.mean, vae.sample_latent(post.mean, key, post.logvar)
+
+
+UNDERSTANDING_INPUTS = ("mean", "sample")
+
+
+def check_understanding_input(value: str, field: str) -> None:
+    """A one-line :class:`ConfigError` naming ``field`` unless ``value`` is mean or sample."""
+    if value not in UNDERSTANDING_INPUTS:
+        raise ConfigError(field, f"must be one of {', '.join(UNDERSTANDING_INPUTS)}; "
+                                 f"got {value!r}")
+
+
 class MediaCodec:
     """One modality's σ-VAE + latent normalisation: media ↔ normalised latent sequences. The
     σ-VAE's weights are sharded over ``devices`` (default: the first local device)."""
@@ -73,16 +96,19 @@ class MediaCodec:
         return image_latent_shape(v) if self.modality == IMAGE else audio_latent_shape(v)
 
     # -- batched path --------------------------------------------------------------------------
-    def encode_batch(self, media: np.ndarray) -> np.ndarray:
+    def encode_batch(self, media: np.ndarray, understanding: str = "mean",
+                     key: jax.Array | None = None) -> np.ndarray:
         """A batch of images (uint8 [B, H, W, 3]) or waves (float32 [B, T]) → normalised latent
-        sequences [B, N, D] of the σ-VAE's μ (images in raster order)."""
-        return self._normalised(self._mu(media))
+        sequences [B, N, D] (images in raster order) of the σ-VAE's μ (``understanding="mean"``)
+        or of one sample z = μ + σ·ε per example drawn with ``key`` (``"sample"``)."""
+        return self._normalised(self._latents(media, understanding, key)[1])
 
-    def reconstruct_batch(self, media: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(``encode_batch(media)``, the σ-VAE's reconstructions decode(μ): uint8 images
-        [B, H, W, 3] or float32 waves [B, T] in [-1, 1])."""
-        mu = self._mu(media)
-        return self._normalised(mu), self._as_media(np.asarray(_decode(self.vae, jnp.asarray(mu))))
+    def reconstruct_batch(self, media: np.ndarray, understanding: str = "mean",
+                          key: jax.Array | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(``encode_batch(media, understanding, key)``, the σ-VAE's reconstructions decode(μ):
+        uint8 images [B, H, W, 3] or float32 waves [B, T] in [-1, 1])."""
+        mu, z = self._latents(media, understanding, key)
+        return self._normalised(z), self._as_media(np.asarray(_decode(self.vae, jnp.asarray(mu))))
 
     def decode_batch(self, latents: Sequence[np.ndarray] | np.ndarray,
                      num_samples: int | None = None) -> np.ndarray:
@@ -113,19 +139,29 @@ class MediaCodec:
         return self._as_media(out)
 
     # -- one example at a time (``latentlm generate``) -----------------------------------------
-    def encode(self, media: np.ndarray) -> np.ndarray:
-        """A batch of images (uint8) or waves → normalised latent sequences [B, N, D] (μ); the
-        same as :meth:`encode_batch`."""
-        return self.encode_batch(media)
+    def encode(self, media: np.ndarray, understanding: str = "mean",
+               key: jax.Array | None = None) -> np.ndarray:
+        """A batch of images (uint8) or waves → normalised latent sequences [B, N, D]; the same
+        as :meth:`encode_batch`."""
+        return self.encode_batch(media, understanding, key)
 
     def decode(self, latents: np.ndarray) -> Any:
         """Normalised latents [N, D] → uint8 image [H, W, 3] or float32 wave [T]."""
         return self.decode_batch([np.asarray(latents)])[0]
 
     # -- helpers -------------------------------------------------------------------------------
-    def _mu(self, media: np.ndarray) -> np.ndarray:
-        """The σ-VAE's μ on its latent grid, [B, *grid], unnormalised."""
-        return np.asarray(_mode(self.vae, model_input(self.name, media)))
+    def _latents(self, media: np.ndarray, understanding: str, key: jax.Array | None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """(μ, the understanding input: μ or a sample) on the latent grid, unnormalised."""
+        check_understanding_input(understanding, "understanding_input")
+        x = model_input(self.name, media)
+        if understanding == "mean":
+            mu = np.asarray(_mode(self.vae, x))
+            return mu, mu
+        if key is None:
+            raise ValueError("understanding input 'sample' needs a key")
+        mu, z = _sample(self.vae, x, key)
+        return np.asarray(mu), np.asarray(z)
 
     def _normalised(self, mu: np.ndarray) -> np.ndarray:
         return normalise(to_sequence(mu), self.stats)
