@@ -54,6 +54,7 @@ class ManifestSource:
         num_samples: int,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         only: str | None = None,
+        label: str = "",
     ):
         if only is not None and only not in KEYS:
             raise ValueError(f"only must be one of {KEYS}, got {only!r}")
@@ -66,6 +67,7 @@ class ManifestSource:
         self.num_samples = num_samples
         self.max_image_pixels = max_image_pixels
         self.only = only
+        self.label = label  # data.label: the key of the class label, given as "label"
         self._starts, self._ends, self._line_numbers = index_lines(self.path)
 
     def __len__(self) -> int:
@@ -101,10 +103,11 @@ class ManifestSource:
             raise BadInput("bad_json", f"expected a JSON object, got {type(obj).__name__}")
         if all(obj.get(k) is None for k in KEYS):
             raise BadInput("missing_keys", f"none of {', '.join(KEYS)} in keys {sorted(obj)}")
+        if self.only is not None and obj.get(self.only) is None:
+            raise NotApplicable(f"no_{self.only}", f'no "{self.only}" (only {self.only} is '
+                                                   f"read) in keys {sorted(obj)}")
+        label = read_label(obj, self.label) if self.label else None
         if self.only is not None:
-            if obj.get(self.only) is None:
-                raise NotApplicable(f"no_{self.only}", f'no "{self.only}" (only {self.only} is '
-                                                       f"read) in keys {sorted(obj)}")
             obj = {self.only: obj[self.only]}
 
         text = obj.get("text")
@@ -117,7 +120,10 @@ class ManifestSource:
         if obj.get("audio") is not None:
             path = self._resolve(obj["audio"], "audio")
             audio = load_audio(path, self.sample_rate, self.num_samples)
-        return {"text": text, "image": image, "audio": audio}
+        out = {"text": text, "image": image, "audio": audio}
+        if self.label:
+            out["label"] = label
+        return out
 
     def _resolve(self, value: Any, key: str) -> str:
         if not isinstance(value, str) or not value.strip():
@@ -135,6 +141,19 @@ class ManifestSource:
 
     def __repr__(self) -> str:
         return f"ManifestSource({self.path!r}, {len(self)} examples)"
+
+
+def read_label(obj: Any, key: str) -> int:
+    """The class label ``obj[key]`` (data.label): a non-negative integer, else ``bad_field``."""
+    try:
+        value = obj[key]
+    except (KeyError, IndexError, TypeError):
+        raise BadInput("bad_field", f"no class label {key!r}") from None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadInput("bad_field", f"class label {key!r} must be an integer ≥ 0, got {value!r}")
+    return value
 
 
 def check_text(text: Any) -> str:

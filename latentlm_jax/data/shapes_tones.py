@@ -115,6 +115,26 @@ _TRAIN_COMBINATIONS = tuple(c for c in _ALL_COMBINATIONS if c not in _HELD_OUT_S
 _SPLIT_COMBINATIONS = {"train": _TRAIN_COMBINATIONS, "validation": _TRAIN_COMBINATIONS,
                        "test": _ALL_COMBINATIONS}
 
+# Class labels (class-conditional generation, docs/class_conditional.md): the class of an image is
+# the index of its (size, color, shape, position) in all_combinations(): 180 classes, product
+# order, so class k = ((size·6 + color)·3 + shape)·5 + position. Examples carry it as "label".
+NUM_CLASSES = len(_ALL_COMBINATIONS)
+_CLASS_IDS = {combo: k for k, combo in enumerate(_ALL_COMBINATIONS)}
+
+
+def class_id(attrs: Mapping[str, str] | Combination) -> int:
+    """The class (0 … 179) of an attrs dict or a (size, color, shape, position) tuple."""
+    combo = combination_of(attrs) if isinstance(attrs, Mapping) else tuple(attrs)
+    return _CLASS_IDS[combo]
+
+
+def class_attributes(k: int) -> dict[str, str]:
+    """The image attributes of class ``k`` (inverse of :func:`class_id`)."""
+    if not 0 <= int(k) < NUM_CLASSES:
+        raise ValueError(f"class {k} not in [0, {NUM_CLASSES})")
+    size, color, shape, position = _ALL_COMBINATIONS[int(k)]
+    return {"color": color, "shape": shape, "size": size, "position": position}
+
 
 # ------------------------------------------------------------------------------------- images
 
@@ -264,6 +284,7 @@ class ShapesTones:
             "image": render_image(**attrs, jitter_xy=(int(jitter[0]), int(jitter[1]))),
             "image_caption": image_caption(**attrs),
             "image_attrs": attrs,
+            "label": class_id(attrs),
             "audio": render_audio(pitches),
             "audio_caption": audio_caption(pitches),
             "audio_pitches": pitches,

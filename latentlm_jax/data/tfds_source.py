@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 
 from latentlm_jax.data.bad_input import BadInput
 from latentlm_jax.data.indexing import check_index
-from latentlm_jax.data.manifest import KEYS, check_text
+from latentlm_jax.data.manifest import KEYS, check_text, read_label
 from latentlm_jax.data.media import (
     DEFAULT_MAX_IMAGE_PIXELS,
     decode_image_bytes,
@@ -48,8 +48,12 @@ class TfdsSource:
         source_sample_rate: int | None = None,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         only: str | None = None,
+        label: str = "",
     ):
         self.name, self.split = name, split
+        # data.label: the feature holding the class label (a ClassLabel or an int), read into
+        # the examples' "label" (class-conditional generation, docs/class_conditional.md)
+        self.label = label
         self.feature_map = parse_feature_map(feature_map)
         if only is not None:  # a reader that needs one field (a σ-VAE) reads nothing else
             if only not in self.feature_map:
@@ -64,6 +68,8 @@ class TfdsSource:
         self._ds = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
         features = self._ds.dataset_info.features
         self._features = {k: _lookup(features, p, name) for k, p in self.feature_map.items()}
+        if label:
+            _lookup(features, label, name)  # a missing feature fails here, naming it
         audio_feature = self._features.get("audio")
         self.source_sample_rate = getattr(audio_feature, "sample_rate", None) or source_sample_rate
         if "audio" in self.feature_map and not (sample_rate or self.source_sample_rate):
@@ -96,6 +102,13 @@ class TfdsSource:
             for part in path.split("/"):
                 value = value[part]
             out[key] = getattr(self, f"_{key}")(value)
+        if self.label:
+            value = record
+            for part in self.label.split("/"):
+                value = value[part]
+            if isinstance(value, np.ndarray) and value.ndim == 0:
+                value = value.item()
+            out["label"] = read_label({"label": value}, "label")
         return out
 
     def _text(self, value: Any) -> str:

@@ -17,9 +17,9 @@ from flax import nnx
 
 from latentlm_jax.modality import MODALITY_NAMES, latent_dims
 from latentlm_jax.models.diffusion_head import DiffusionHead
-from latentlm_jax.models.layers import Dense
+from latentlm_jax.models.layers import Dense, normal_init
 from latentlm_jax.models.transformer import TextLM, compute_dtype
-from latentlm_jax.parallel.logical import constrain
+from latentlm_jax.parallel.logical import constrain, param
 
 
 class DiffusionSettings(NamedTuple):
@@ -51,11 +51,29 @@ class LatentLM(TextLM):
                                              depth=cfg.head.depth, mlp_ratio=cfg.head.mlp_ratio,
                                              dtype=dt, rngs=rngs)
             for m, d in self.dims.items()})
+        # Class-conditional generation: token ids vocab_size + k are class k, vocab_size +
+        # num_classes the null class (guidance); they index a label table of their own, which
+        # the LM head never predicts (its outputs are the text vocabulary).
+        self.vocab_size = cfg.vocab_size
+        self.num_classes = cfg.get("num_classes", 0)
+        if self.num_classes:
+            self.label_embed = param(normal_init(cfg.init_std), rngs.params(),
+                                     (self.num_classes + 1, cfg.emb_dim), ("classes", "embed"))
+
+    def embed_tokens(self, tokens: jax.Array) -> jax.Array:
+        """[B, L, E] token embeddings; class ids (≥ vocab_size) from the label table."""
+        if not self.num_classes:
+            return self.embed(tokens)
+        is_class = tokens >= self.vocab_size
+        x = self.embed(jnp.where(is_class, 0, tokens))
+        table = constrain(self.label_embed[...], (None, None))  # gathered, as Embed does
+        labels = jnp.take(table, jnp.clip(tokens - self.vocab_size, 0, self.num_classes), axis=0)
+        return jnp.where(is_class[..., None], labels.astype(x.dtype), x)
 
     def embed_inputs(self, tokens: jax.Array, modality: jax.Array | None,
                      latents: jax.Array | None) -> jax.Array:
         """[B, L, E] input embeddings: tokens, with latent positions replaced by projections."""
-        x = self.embed(tokens)
+        x = self.embed_tokens(tokens)
         if modality is None or latents is None:
             return x
         for m, d in self.dims.items():
