@@ -55,7 +55,8 @@ def fx(tmp_path_factory) -> dict[str, str]:
     for name, dim, length in (("image", IMAGE_DIM, IMAGE_LEN), ("audio", AUDIO_DIM, AUDIO_LEN)):
         (lat / f"latents-{name}-00000-of-00001.array_record").write_bytes(b"")
         (lat / f"stats-{name}.json").write_text(json.dumps(
-            {"modality": name, "latent_dim": dim, "sequence_length": length}))
+            {"modality": name, "latent_dim": dim, "sequence_length": length, "stored": "mean",
+             "mean": [0.0] * dim, "std": [1.0] * dim, "sigma_std": 0.9375}))
     out = {"root": str(root), "latents": str(lat)}
     out["vae_image"] = _run(str(root / "vae_image"),
                             {"task": "vae_image", "vae": {"image": {"latent_dim": IMAGE_DIM}}})
@@ -239,6 +240,7 @@ LATENT = [
     (["--config.data.task_weights=text_to_image=0,image_to_text=0,text_to_audio=0,"
       "audio_to_text=0,interleaved=0"], "config.data.task_weights"),
     (["--config.model.diffusion.target_fraction=2"], "config.model.diffusion.target_fraction"),
+    (["--config.data.latent_noise=sometimes"], "config.data.latent_noise: must be one of"),
     (["--config.model.diffusion.batch_mul=0"], "config.model.diffusion.batch_mul"),
     (["--config.model.diffusion.loss_weight=-1"], "config.model.head.width"),
     (["--config.data.latents_dir=/nope"], "config.data.latents_dir"),

@@ -140,6 +140,12 @@ def test_stage_configs_pass_the_seed_and_the_vae_dims(tmp_path):
     c.generate.sampler = "euler"
     with pytest.raises(ConfigError, match="generate.sampler"):
         pipeline.check_demo_config(c)
+    c.generate.sampler = "dpm++2m"
+    # 20 head slots per 128-token row cannot hold one 25-latent audio span (the packer's budget)
+    c.lm.model.diffusion.target_fraction = 0.15
+    with pytest.raises(ConfigError, match=r"lm\.model\.diffusion\.target_fraction: 0\.15 gives "
+                                          r"the diffusion head 20 slots .* set it to ≥ 0\.188"):
+        pipeline.check_demo_config(c)
 
 
 def _untrained_codec(modality: int) -> MediaCodec:

@@ -4,6 +4,7 @@
         --modality image --num-samples 4 --out samples/
     latentlm generate --workdir W --prompts-file prompts.jsonl --out samples/   # in bulk, batched
     latentlm generate --workdir W --image photo.png --modality text
+    latentlm generate --workdir W --class-id 3,17 --cfg-scale 3 --num-samples 4 --out samples/
     latentlm generate --workdir W --devices all ...   # weights sharded over every local device
 
 Text → media writes ``<prompt index>_<sample>.png|wav`` and ``manifest.jsonl`` (one line per file
@@ -22,6 +23,7 @@ from latentlm_jax.config.loading import ConfigError
 from latentlm_jax.generate.prompts import PromptRequest, read_prompts, single_prompt
 
 OUTPUTS = ("image", "audio", "text")  # the latent modalities' names, and text
+UNDERSTANDING_INPUTS = ("mean", "sample")  # generate/codecs.py's (not imported: start-up time)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts-file",
                         help="many prompts: one per line, or JSONL (*.jsonl) with prompt, "
                              "modality, count, seed per line")
+    parser.add_argument("--class-id", default=None,
+                        help="class-conditional model (data.label): images of class K, of "
+                             "K1,K2,..., or of 'all' classes (guided by the null class with "
+                             "--cfg-scale)")
     parser.add_argument("--image", help="image file to caption (with --modality text)")
     parser.add_argument("--audio", help="audio file to transcribe (with --modality text)")
     parser.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
@@ -49,6 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--no-ema", action="store_true", help="use raw weights, not the EMA")
+    parser.add_argument("--understanding-input", default="mean",
+                        help="what an --image / --audio to caption is encoded as: the σ-VAE's "
+                             "mean μ, or one noisy sample z = μ + σ·ε as in training (seeded by "
+                             "--seed): mean | sample (default mean)")
     add_devices_argument(parser)
 
 
@@ -71,6 +81,23 @@ def check_request(args: argparse.Namespace) -> list[PromptRequest]:
         raise ConfigError("", "need 0 < --top-p ≤ 1, --top-k ≥ 0 and --steps ≥ 1")
     if args.seed < 0:
         raise ConfigError("", f"--seed must be ≥ 0, got {args.seed}")
+    if args.understanding_input not in UNDERSTANDING_INPUTS:
+        raise ConfigError("", f"--understanding-input must be one of "
+                              f"{', '.join(UNDERSTANDING_INPUTS)}; "
+                              f"got {args.understanding_input!r}")
+    if getattr(args, "class_id", None) is not None:
+        from latentlm_jax.generate.class_prompts import parse_class_ids
+
+        if args.modality not in (None, "image") or args.prompt is not None \
+                or args.prompts_file or args.image or args.audio:
+            raise ConfigError("", "--class-id generates images from class ids alone: no "
+                                  "--prompt, --prompts-file, --image, --audio or --modality "
+                                  "other than image")
+        if not args.out:
+            raise ConfigError("", "--out DIR is required to write generated files")
+        check_out_dir(args.out)
+        parse_class_ids(args.class_id)  # its requests once the model's classes are known
+        return []
     if args.modality == "text":
         if args.prompt is not None or args.prompts_file:
             raise ConfigError("", "--prompt / --prompts-file make images or audio; --modality "
@@ -128,13 +155,27 @@ def run(args: argparse.Namespace) -> int:
     opts = SamplingOptions(method=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
                            temperature=args.temperature, text_temperature=args.text_temperature,
                            top_k=args.top_k, top_p=args.top_p)
+    if getattr(args, "class_id", None) is not None:
+        from latentlm_jax.generate.class_prompts import (
+            check_class_ids,
+            class_requests,
+            parse_class_ids,
+        )
+
+        num_classes = config.model.get("num_classes", 0)
+        ids = parse_class_ids(args.class_id, num_classes)
+        check_class_ids(ids or [0], num_classes, args.workdir)
+        requests = class_requests(ids, count=args.num_samples, seed=args.seed)
+        return _text_to_media(args, requests, model, config, step, tok, opts, devices,
+                              labels=dict(enumerate(ids)))
     if requests:
         return _text_to_media(args, requests, model, config, step, tok, opts, devices)
     return _caption(args, model, config, tok, opts, jax.random.key(args.seed), devices)
 
 
 def _text_to_media(args, requests: list[PromptRequest], model, config, step: int, tok,
-                   opts, devices: list) -> int:
+                   opts, devices: list, labels: dict[int, int] | None = None) -> int:
+    """Text → media; with ``labels`` (request index → class id) class → image instead."""
     import dataclasses
 
     import numpy as np
@@ -158,7 +199,7 @@ def _text_to_media(args, requests: list[PromptRequest], model, config, step: int
                               f"cannot generate {missing}")
     codecs = {m: MediaCodec(config, m, devices) for m in sorted(enabled)}
     spans = {m: int(np.prod(c.grid()[:-1])) for m, c in codecs.items()}  # latents per span
-    for r in requests:
+    for r in requests if labels is None else ():
         budget = config.data.seq_len - spans[MODALITY_IDS[r.modality]] - 4
         n = len(tok.encode(r.prompt))
         if n > budget:
@@ -173,10 +214,19 @@ def _text_to_media(args, requests: list[PromptRequest], model, config, step: int
 
     def generate(batch):
         m = MODALITY_IDS[batch.modality]
-        latents = gen.text_to_latents(batch.prompts(), m, batch.key(), per_modality[m])
+        if labels is not None:
+            from latentlm_jax.generate.class_prompts import class_to_latents
+
+            ks = [labels[req.index] for req, _ in batch.items]
+            ks += [ks[-1]] * (batch.rows - len(ks))
+            latents = class_to_latents(gen, ks, batch.key(), per_modality[m])
+        else:
+            ks = [None] * batch.rows
+            latents = gen.text_to_latents(batch.prompts(), m, batch.key(), per_modality[m])
         media = codecs[m].decode_batch(latents, **({"num_samples": clip[m]} if m in clip
                                                     else {}))
-        return [(x, {"latents": len(z)}) for x, z in zip(media, latents, strict=True)]
+        return [(x, {"latents": len(z), **({} if k is None else {"label": k})})
+                for x, z, k in zip(media, latents, ks, strict=True)]
 
     def save(path: str, modality: str, medium) -> None:
         rate = codecs[MODALITY_IDS[modality]].vae_config.vae.audio.sample_rate
@@ -216,7 +266,10 @@ def _caption(args, model, config, tok, opts, key, devices: list) -> int:
                  else load_audio(args.audio, v.audio.sample_rate, v.audio.num_samples))
     except BadInput as e:
         raise ConfigError("", f"cannot read {args.image or args.audio}: {e}") from e
-    z = codec.encode(media[None])[0]
+    import jax
+
+    z = codec.encode(media[None], args.understanding_input,
+                     jax.random.fold_in(key, 1))[0]  # a key apart from the caption sampler's
     gen = Generator(model, config.model, tok, image_latents=len(z) if modality == IMAGE else 0)
     texts = gen.latents_to_text([z] * args.num_samples, modality, key, opts)
     for text in texts:

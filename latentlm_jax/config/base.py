@@ -22,6 +22,7 @@ DEFAULT_RULES = (
     ("vocab", "tensor"),
     ("layers", None),
     ("latent", None),
+    ("classes", None),  # the label embedding's rows (model.num_classes + 1)
     ("norm", None),
     ("conv_in", None),
     ("conv_out", "tensor"),
@@ -67,6 +68,10 @@ def base_config() -> mlc.ConfigDict:
     # the model is a plain text LM.
     m.image_latent_dim = 0
     m.audio_latent_dim = 0
+    # Class-conditional image generation (docs/class_conditional.md): a learned label embedding
+    # of num_classes + 1 rows (the last is the null class, for guidance); documents read
+    # [<class k>] z₁ … z_N. 0 = off. Needs data.label.
+    m.num_classes = 0
     hd = m.head = mlc.ConfigDict()  # next-token diffusion head, one per continuous modality
     hd.depth = 3
     hd.width = 0  # 0 = model emb_dim
@@ -77,7 +82,9 @@ def base_config() -> mlc.ConfigDict:
     df.batch_mul = 4  # (t, ε) draws per latent per backbone pass ("ddpm_batch_mul")
     df.loss_weight = 1.0  # λ in CE + λ·diffusion
     # > 0: run the head only on each row's latent targets, gathered into ceil(f · seq_len) slots per
-    # row and modality (targets beyond that are dropped and counted); 0 = every position, masked.
+    # row and modality; the packer closes a row before its targets of a modality would pass them
+    # (data/target_capacity.py: none is dropped; a span longer than the slots is a config error /
+    # the too_many_targets bad input); 0 = every position, masked.
     df.target_fraction = 0.0
 
     # ------------------------------------------------------------------ data
@@ -101,6 +108,11 @@ def base_config() -> mlc.ConfigDict:
     # Multimodal sequences (latentlm_jax/data/sequences.py)
     d.task_weights = ""  # "text_to_image=2,image_to_text=1,..."; "" = all tasks equally
     d.cond_drop = 0.1  # P(caption dropped) in text→image/audio docs, for classifier-free guidance
+    # The class-label field (an int in [0, model.num_classes)) of the manifest lines / TFDS
+    # features / built-in data ("label": shape × colour × size × position, 180 classes); set, the
+    # documents are [<class k>] z₁ … z_N with the null class at rate cond_drop
+    # (data/class_sequences.py). "" = off.
+    d.label = ""
     d.max_interleaved = 3  # examples per interleaved document, at most
     # User data (docs/data_sources.md)
     d.manifest = ""  # JSONL manifest path when source == manifest
@@ -110,6 +122,11 @@ def base_config() -> mlc.ConfigDict:
     d.tfds_feature_map = "text=text"  # "ours=theirs,..." (ours: text, image, audio)
     d.tfds_sample_rate = 0  # 0 = the data is already at data.sample_rate
     d.latent_files = ()  # ArrayRecord shards of pre-encoded latents (latentlm encode)
+    # The σ-VAE noise on those latents (docs/vae.md "Fresh noise"): fresh = z = μ + σ·ε drawn anew
+    # each time a span is read, keyed by (seed, stream index) so a resume is bitwise; frozen = one
+    # draw per example keyed by (seed, its index, modality), the same every epoch. Latents encoded
+    # as one sample (before this, or by a plain VAE) are refused by fresh and used as is by frozen.
+    d.latent_noise = "fresh"
     # Where the σ-VAEs that made those latents live (generate / demo decode and encode with them)
     d.image_vae_workdir = ""
     d.audio_vae_workdir = ""

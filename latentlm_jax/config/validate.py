@@ -112,6 +112,7 @@ def check_values(config: mlc.ConfigDict) -> None:
     _positive(config, "data.seq_len", "data.prefetch")
     _choice(config, "data.tokenizer", ("byte", "sentencepiece"))
     _choice(config, "data.bad_input", ("skip", "error"))
+    _choice(config, "data.latent_noise", ("fresh", "frozen"))
     check_data_source(config.data)
     if config.task in VAE_TASKS.values():
         check_vae(config.vae, config.task)
@@ -120,6 +121,7 @@ def check_values(config: mlc.ConfigDict) -> None:
         raise ConfigError("data.cond_drop", f"must be in [0, 1), got {config.data.cond_drop}")
     if config.data.max_interleaved < 2:
         raise ConfigError("data.max_interleaved", "must be ≥ 2")
+    check_class_conditional(config)
     if config.data.task_weights:
         check_task_weights(config)
     if config.data.latents_dir:
@@ -209,6 +211,37 @@ def check_task_weights(config: mlc.ConfigDict) -> None:
             raise ConfigError("data.task_weights", f"no {name} task ({', '.join(tasks)}) has a "
                                                    f"positive weight in {spec!r}, but the "
                                                    f"{name} latents are trained on")
+
+
+# Sources whose examples can carry a class label (data.label).
+LABEL_SOURCES = ("shapes_tones", "manifest", "tfds", "latents")
+
+
+def check_class_conditional(config: mlc.ConfigDict) -> None:
+    """``model.num_classes`` and ``data.label`` go together (docs/class_conditional.md)."""
+    m, d = config.model, config.data
+    if m.num_classes < 0:
+        raise ConfigError("model.num_classes", f"must be ≥ 0 (0 = off), got {m.num_classes}")
+    if config.task != "lm":
+        return
+    if d.label and m.num_classes == 0:
+        raise ConfigError("model.num_classes", f"data.label={d.label!r} trains class-"
+                                               "conditional generation: set the number of "
+                                               "classes (> 0)")
+    if m.num_classes and not d.label:
+        raise ConfigError("data.label", f"model.num_classes={m.num_classes} needs the class-"
+                                        "label field of the data (e.g. 'label')")
+    if not d.label:
+        return
+    if d.source not in LABEL_SOURCES:
+        raise ConfigError("data.label", f"class labels come from {', '.join(LABEL_SOURCES)}; "
+                                        f"got data.source={d.source!r}")
+    if d.source == "shapes_tones" and d.label != "label":
+        raise ConfigError("data.label", f"the built-in data's class field is 'label' (shape × "
+                                        f"colour × size × position); got {d.label!r}")
+    if m.image_latent_dim == 0 and not d.latents_dir:
+        raise ConfigError("model.image_latent_dim", "class-conditional documents are image "
+                                                    "latents: set it (> 0)")
 
 
 def _powers_of_two(value: int) -> bool:

@@ -28,8 +28,15 @@ from latentlm_jax.data.bad_input import (
     SkippingSource,
     attach_skip_counts,
 )
-from latentlm_jax.data.packing import Document, DocumentTooLong, RowPacker
+from latentlm_jax.data.latent_noise import latent_noise_for
+from latentlm_jax.data.packing import (
+    Document,
+    DocumentTooLong,
+    DocumentTooManyTargets,
+    RowPacker,
+)
 from latentlm_jax.data.sequences import Encoder, SequenceBuilder
+from latentlm_jax.data.target_capacity import target_budget
 from latentlm_jax.data.tokenizer import Tokenizer, make_tokenizer
 from latentlm_jax.modality import (
     AUDIO,
@@ -106,7 +113,8 @@ def _open_source(d: mlc.ConfigDict, only: str | None):
 
         return ManifestSource(d.manifest, image_resolution=d.image_resolution,
                               sample_rate=d.sample_rate, num_samples=d.audio_samples,
-                              max_image_pixels=d.max_image_pixels, only=only)
+                              max_image_pixels=d.max_image_pixels, only=only,
+                              label=d.get("label", ""))
     if d.source == "tfds":
         from latentlm_jax.data.tfds_source import TfdsSource
 
@@ -114,7 +122,8 @@ def _open_source(d: mlc.ConfigDict, only: str | None):
                           image_resolution=d.image_resolution, sample_rate=d.sample_rate,
                           num_samples=d.audio_samples,
                           source_sample_rate=d.tfds_sample_rate or None,
-                          max_image_pixels=d.max_image_pixels, only=only)
+                          max_image_pixels=d.max_image_pixels, only=only,
+                          label=d.get("label", ""))
     if d.source == "latents":
         from latentlm_jax.data.array_record_source import LatentArrayRecordSource
 
@@ -163,7 +172,17 @@ def build_document_dataset(
     if d.shuffle:
         ds = ds.shuffle(seed=d.seed)  # a fresh permutation per epoch (grain reseeds by epoch)
     ds = ds.repeat(None)
-    if d.source in TEXT_SOURCES:
+    if d.get("label", ""):  # class-conditional: [<class k>] z₁ … z_N (docs/class_conditional.md)
+        from latentlm_jax.data.class_sequences import ClassSequenceBuilder
+
+        if d.source != "latents" and encode_image is None:
+            raise ValueError(f"data.label with data.source={d.source!r} needs encode_image (the "
+                             "image VAE's normalised encoder) passed to build_train_iterator")
+        make_doc = ClassSequenceBuilder(
+            tokenizer, vocab_size=config.model.vocab_size, num_classes=config.model.num_classes,
+            cond_drop=float(d.cond_drop), seed=d.seed, policy=policy, encode_image=encode_image,
+            pre_encoded=d.source == "latents", latent_noise=latent_noise_for(d, source))
+    elif d.source in TEXT_SOURCES:
         make_doc = TextDocuments(tokenizer)
     else:
         weights = d.get("task_weights", "") or None
@@ -183,7 +202,8 @@ def build_document_dataset(
             cond_drop=float(d.get("cond_drop", 0.1)),
             max_interleaved=int(d.get("max_interleaved", 3)),
             lookup=source.__getitem__, lookup_len=len(source),
-            seed=d.seed, policy=policy, max_len=d.seq_len, pre_encoded=d.source == "latents")
+            seed=d.seed, policy=policy, max_len=d.seq_len, pre_encoded=d.source == "latents",
+            target_budget=target_budget(config), latent_noise=latent_noise_for(d, source))
     ds = ds.map_with_index(make_doc)
     return ds[process_index::process_count]
 
@@ -192,16 +212,19 @@ def build_document_dataset(
 class PackIterDataset(grain.IterDataset):
     """Greedy packing of a document stream into rows (dicts of ``[seq_len]`` arrays).
 
-    A document that can never fit (longer than ``seq_len``) goes to ``policy`` as
-    ``BadInput("too_long")``: skipped and counted, or a ``DataError``.
+    A document that can never fit (longer than ``seq_len``; more latent targets of a modality than
+    ``target_budget`` gives it) goes to ``policy`` as ``BadInput("too_long")``
+    (``"too_many_targets"``): skipped and counted, or a ``DataError``.
     """
 
     def __init__(self, parent: grain.IterDataset, seq_len: int, *, latent_id: int,
-                 latent_dim: int = 0, policy: BadInputPolicy | None = None):
+                 latent_dim: int = 0, policy: BadInputPolicy | None = None,
+                 target_budget: Mapping[int, int] | None = None):
         super().__init__(parent)
         self.seq_len = seq_len
         self.latent_id = latent_id
         self.latent_dim = latent_dim
+        self.target_budget = dict(target_budget) if target_budget else None
         self.policy = BadInputPolicy("error") if policy is None else policy
 
     def __iter__(self) -> _PackIterator:
@@ -222,7 +245,7 @@ class _PackIterator(grain.DatasetIterator):
         super().__init__(parent)
         self._spec = spec
         self._packer = RowPacker(spec.seq_len, latent_id=spec.latent_id,
-                                 latent_dim=spec.latent_dim)
+                                 latent_dim=spec.latent_dim, target_budget=spec.target_budget)
         self._carry: Document | None = None
         self._carry_state: Any = None
 
@@ -246,6 +269,12 @@ class _PackIterator(grain.DatasetIterator):
             except DocumentTooLong as exc:
                 detail = f"document of {exc.length} elements; seq_len is {exc.seq_len}"
                 spec.policy.handle(BadInput("too_long", detail, where=doc.source))
+                continue
+            except DocumentTooManyTargets as exc:
+                detail = (f"{exc.targets} {MODALITY_NAMES[exc.modality]} latent targets; the "
+                          f"diffusion head has {exc.slots} slots per row "
+                          "(model.diffusion.target_fraction)")
+                spec.policy.handle(BadInput("too_many_targets", detail, where=doc.source))
                 continue
             if not packer.add(doc):
                 self._carry, self._carry_state = doc, before
@@ -302,7 +331,8 @@ def build_train_dataset(
     ds = docs.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS,
                                                 prefetch_buffer_size=READ_BUFFER))
     ds = PackIterDataset(ds, d.seq_len, latent_id=tokenizer.latent_id,
-                         latent_dim=max_latent_dim(config.model), policy=policy)
+                         latent_dim=max_latent_dim(config.model), policy=policy,
+                         target_budget=target_budget(config))
     ds = ds.batch(rows_per_process(config, process_count), drop_remainder=True)
     ds = ds.map(_AttachSkipCounts(policy))
     if d.num_workers > 0:
@@ -406,10 +436,11 @@ def build_eval_rows(
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The held-out set as packed rows: the documents of the first ``data.eval_examples``
     elements of the held-out source (shuffled with :data:`EVAL_SEED`; fewer when the source is
-    shorter; bad or too-long examples skipped), packed greedily in order into ``[R, seq_len]``
-    arrays (docs/batch_format.md). Also returns ``doc_ids`` ``[R, seq_len]`` int32: each
-    position's document number in that order (-1 on padding), which fixes the eval noise draws
-    independently of packing. Every process builds the same rows."""
+    shorter; bad, too-long or over-budget examples skipped), packed greedily in order (to the
+    training rows' target budget) into ``[R, seq_len]`` arrays (docs/batch_format.md). Also
+    returns ``doc_ids`` ``[R, seq_len]`` int32: each position's document number in that order
+    (-1 on padding), which fixes the eval noise draws independently of packing. Every process
+    builds the same rows."""
     eval_config = eval_data_config(config)
     d = eval_config.data
     tokenizer = make_tokenizer(d)
@@ -427,7 +458,8 @@ def build_eval_rows(
         eval_config, process_index=0, process_count=1, tokenizer=tokenizer, policy=policy,
         encode_image=encode_image, encode_audio=encode_audio, source=source)
     packer = RowPacker(d.seq_len, latent_id=tokenizer.latent_id,
-                       latent_dim=max_latent_dim(config.model))
+                       latent_dim=max_latent_dim(config.model),
+                       target_budget=target_budget(config))
     rows, row_docs, docs_in_row, kept = [], [], [], 0
     for i in range(min(int(d.eval_examples), len(source))):
         doc = docs_ds[i]
@@ -435,7 +467,7 @@ def build_eval_rows(
             continue
         try:
             packer.check(doc)
-        except DocumentTooLong:
+        except (DocumentTooLong, DocumentTooManyTargets):
             continue
         if not packer.add(doc):
             rows.append(packer.flush())

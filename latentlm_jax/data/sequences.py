@@ -11,6 +11,7 @@ task               document (``z…``: N ``<latent>`` positions carrying the spa
 ``interleaved``    ``<bos> caption <boX> z… <eoX> caption <boX> z… <eoX> … <eos>`` from 2..k
                    examples (this one and k-1 drawn from the source), image or audio each,
                    fewer when the next one would make the document longer than ``max_len``
+                   or take a modality's latent targets above ``target_budget``
 =================  ===========================================================================
 
 For classifier-free guidance, ``text_to_image`` / ``text_to_audio`` drop the caption with
@@ -34,6 +35,7 @@ import numpy as np
 
 from latentlm_jax.config.task_weights import TASKS, parse_task_weights
 from latentlm_jax.data.bad_input import BadInput, BadInputPolicy
+from latentlm_jax.data.latent_noise import LatentNoise
 from latentlm_jax.data.packing import Document
 from latentlm_jax.data.tokenizer import Tokenizer
 from latentlm_jax.modality import AUDIO, IMAGE, delimiter_ids
@@ -55,6 +57,9 @@ class Pair:
     caption: str | None
     media: Any = None
     latents: np.ndarray | None = None
+    # a pre-encoded record's source and "index" field: what its σ-VAE noise draw is keyed by
+    source: str = ""
+    index: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +89,8 @@ def to_example(raw: Mapping[str, Any]) -> Example:
                                         f"{raw.get('modality')!r}", where=source)
         caption = raw.get("caption") or None
         return Example(texts=(caption,) if caption else (),
-                       pairs=(Pair(modality, caption, latents=raw["latents"]),), source=source)
+                       pairs=(Pair(modality, caption, latents=raw["latents"], source=source,
+                                   index=raw.get("index")),), source=source)
     text = raw.get("text") or None
     pairs = tuple(Pair(m, text, media=raw[k]) for m, k in ((IMAGE, "image"), (AUDIO, "audio"))
                   if raw.get(k) is not None)
@@ -98,7 +104,9 @@ class SequenceBuilder:
     whose encoder is missing. ``lookup(i)`` / ``lookup_len``: random access to more raw examples
     for ``interleaved``. ``policy``: bad examples (no feasible task, an encoder error) are handed
     to it (skip -> ``None``) instead of raised. ``max_len``: an ``interleaved`` document stops
-    taking partners before it would exceed this length (``data.seq_len``).
+    taking partners before it would exceed this length (``data.seq_len``). ``target_budget``
+    ``{modality: slots}``: likewise before a modality's latent targets (one per latent) would
+    exceed its slots (the diffusion head's, ``data/target_capacity.target_budget``).
     """
 
     def __init__(
@@ -115,10 +123,13 @@ class SequenceBuilder:
         seed: int = 0,
         policy: BadInputPolicy | None = None,
         max_len: int | None = None,
+        target_budget: Mapping[int, int] | None = None,
         pre_encoded: bool = False,
+        latent_noise: LatentNoise | None = None,
     ):
         """``pre_encoded``: the examples carry their own latents (``data.source="latents"``), so
-        no task needs an encoder."""
+        no task needs an encoder. ``latent_noise``: draws the σ-VAE noise onto stored μ each time
+        a span is made (``data.latent_noise``; data/latent_noise.py)."""
         self.tok = tokenizer
         self.encoders = {IMAGE: encode_image, AUDIO: encode_audio}
         self.weights = parse_task_weights(weights)
@@ -143,14 +154,17 @@ class SequenceBuilder:
         self.seed = seed
         self.policy = policy
         self.max_len = max_len
+        self.target_budget = dict(target_budget or {})
+        self.latent_noise = latent_noise
 
     def __call__(self, index: int, raw: Mapping[str, Any] | None) -> Document | None:
         if raw is None:  # skipped upstream
             return None
         rng = np.random.default_rng((self.seed, int(index)))
+        noise_rng = None if self.latent_noise is None else self.latent_noise.document_rng(index)
         try:
             example = to_example(raw)
-            return self.build(self.choose(example, rng), example, rng)
+            return self.build(self.choose(example, rng), example, rng, noise_rng)
         except BadInput as exc:
             if self.policy is None:
                 raise
@@ -180,9 +194,13 @@ class SequenceBuilder:
         return TASKS[int(rng.choice(len(TASKS), p=w / w.sum()))]
 
     # ------------------------------------------------------------------ layouts
-    def _span(self, pair: Pair) -> tuple[list[int], np.ndarray]:
-        """``<boX> <latent>*n <eoX>`` and the ``[n, d]`` latents."""
+    def _span(self, pair: Pair, noise_rng: np.random.Generator | None = None
+              ) -> tuple[list[int], np.ndarray]:
+        """``<boX> <latent>*n <eoX>`` and the ``[n, d]`` latents (stored μ with the σ-VAE noise
+        drawn onto it from ``noise_rng`` when ``latent_noise`` is set)."""
         z = pair.latents
+        if z is not None and self.latent_noise is not None:
+            z = self.latent_noise(pair.modality, z, pair.source, pair.index, noise_rng)
         if z is None:
             z = self.encoders[pair.modality](pair.media)
         z = np.asarray(z, np.float32)
@@ -199,29 +217,32 @@ class SequenceBuilder:
                  and (p.caption or not with_caption)]
         return pairs[int(rng.integers(len(pairs)))]
 
-    def build(self, task: str, example: Example, rng: np.random.Generator) -> Document:
-        """The document of ``task`` for ``example`` (the task must be feasible)."""
+    def build(self, task: str, example: Example, rng: np.random.Generator,
+              noise_rng: np.random.Generator | None = None) -> Document:
+        """The document of ``task`` for ``example`` (the task must be feasible); ``noise_rng``:
+        the fresh latent noise of its spans, drawn in span order."""
         t = self.tok
         if task == "text":
             text = example.texts[int(rng.integers(len(example.texts)))]
             return Document(np.array([t.bos_id, *t.encode(text), t.eos_id], np.int32),
                             source=example.source)
         if task == "interleaved":
-            return self._interleaved(example, rng)
+            return self._interleaved(example, rng, noise_rng)
         modality = IMAGE if "image" in task else AUDIO
         if task.startswith("text_to_"):
             pair = self._pick(example, rng, modality)
-            span, z = self._span(pair)
+            span, z = self._span(pair, noise_rng)
             drop = rng.random() < self.cond_drop
             caption = [] if drop or not pair.caption else t.encode(pair.caption)
             ids = [t.bos_id, *caption, *span, t.eos_id]
         else:
             pair = self._pick(example, rng, modality, with_caption=True)
-            span, z = self._span(pair)
+            span, z = self._span(pair, noise_rng)
             ids = [t.bos_id, *span, *t.encode(pair.caption), t.eos_id]
         return Document(np.array(ids, np.int32), (z,), (modality,), source=example.source)
 
-    def _interleaved(self, example: Example, rng: np.random.Generator) -> Document:
+    def _interleaved(self, example: Example, rng: np.random.Generator,
+                     noise_rng: np.random.Generator | None = None) -> Document:
         t = self.tok
         k = int(rng.integers(2, self.max_interleaved + 1))
         examples = [example]
@@ -240,10 +261,15 @@ class SequenceBuilder:
         ids, latents, modalities = [t.bos_id], [], []
         for ex in examples:
             pair = self._pick(ex, rng)
-            span, z = self._span(pair)
+            span, z = self._span(pair, noise_rng)
             part = [*(t.encode(pair.caption) if pair.caption else []), *span]
             if latents and self.max_len and len(ids) + len(part) + 1 > self.max_len:
                 break  # partners that would not fit in a row are left out
+            slots = self.target_budget.get(pair.modality)
+            taken = sum(len(x) for x, m in zip(latents, modalities, strict=True)
+                        if m == pair.modality)
+            if latents and slots is not None and taken + len(z) > slots:
+                break  # nor those whose targets would not fit the diffusion head's slots
             ids += part
             latents.append(z)
             modalities.append(pair.modality)

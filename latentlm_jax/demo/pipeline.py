@@ -56,6 +56,7 @@ from latentlm_jax.demo.results import (
 )
 from latentlm_jax.demo.stages import StageError, encode_stage, latent_files, train_stage
 from latentlm_jax.diffusion.samplers import METHODS
+from latentlm_jax.generate.codecs import check_understanding_input
 from latentlm_jax.modality import (
     AUDIO,
     IMAGE,
@@ -106,11 +107,32 @@ def check_demo_config(c: mlc.ConfigDict) -> None:
     if g.batch_size <= 0 or g.steps <= 0 or g.max_text_tokens <= 0:
         raise ConfigError("generate.batch_size",
                           "batch_size, steps and max_text_tokens must be > 0")
+    check_understanding_input(g.understanding_input, "generate.understanding_input")
     if g.sampler not in METHODS:
         raise ConfigError("generate.sampler", f"must be one of {', '.join(METHODS)}; "
                                               f"got {g.sampler!r}")
     if c.seed < 0:
         raise ConfigError("seed", f"must be ≥ 0, got {c.seed}")
+    _check_head_slots(c)
+
+
+def _check_head_slots(c: mlc.ConfigDict) -> None:
+    """One image or audio span must fit the LatentLM's diffusion-head slots per row (the
+    pipeline's target budget, data/target_capacity.py): checked here from the σ-VAE configs,
+    before any stage runs, as `latentlm train` checks it from the encoded latents."""
+    from latentlm_jax.data.target_capacity import check_span_budget
+    from latentlm_jax.modality import AUDIO, IMAGE
+    from latentlm_jax.vae.config import audio_latent_shape, image_latent_shape
+
+    h, w, _ = image_latent_shape(c.vae_image.vae)
+    frames, _ = audio_latent_shape(c.vae_audio.vae)
+    lm = c.lm.copy_and_resolve_references()
+    lm.model.image_latent_dim = lm.model.image_latent_dim or 1  # the demo fills the dims later
+    lm.model.audio_latent_dim = lm.model.audio_latent_dim or 1
+    try:
+        check_span_budget(lm, {IMAGE: h * w, AUDIO: frames})
+    except ConfigError as e:
+        raise ConfigError(f"lm.{e.field}", e.problem) from e
 
 
 def stage_configs(c: mlc.ConfigDict, workdir: str) -> dict[str, mlc.ConfigDict]:
@@ -287,7 +309,8 @@ def config_summary(cfgs: dict[str, mlc.ConfigDict], c: mlc.ConfigDict,
                        f"{vi.train.global_batch_size}",
         "audio σ-VAE": f"1 s → {frames}×{da} latents; {va.train.num_steps} steps × batch "
                        f"{va.train.global_batch_size}",
-        "latents": f"{c.encode.num_examples} train examples per modality (noisy σ-VAE samples)",
+        "latents": f"{c.encode.num_examples} train examples per modality (σ-VAE μ, "
+                   f"{lm.data.latent_noise} σ-VAE noise)",
         "LatentLM": f"{m.num_layers} layers × {m.emb_dim}, {m.num_heads} heads "
                     f"({m.num_kv_heads} KV), diffusion heads depth {m.head.depth}",
         "LatentLM training": f"{lm.train.num_steps} steps × {lm.train.global_batch_size} rows × "
