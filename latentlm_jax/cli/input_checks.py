@@ -12,6 +12,7 @@ import ml_collections as mlc
 
 from latentlm_jax import paths
 from latentlm_jax.config.loading import ConfigError
+from latentlm_jax.data.target_capacity import check_span_budget
 from latentlm_jax.modality import LATENT_DIM_FIELDS, MODALITY_NAMES, VAE_TASKS
 
 SPAN_OVERHEAD = 4  # <boi>/<boa>, <eoi>/<eoa>, and room for a token of text on each side
@@ -50,7 +51,8 @@ def _read_json(path: Any, field: str) -> dict[str, Any]:
 
 def check_latents(config: mlc.ConfigDict, shards: list[str]) -> None:
     """Per enabled latent modality: the encoded latents' dim and length (``stats-<m>.json`` beside
-    the shards) match ``model.<m>_latent_dim`` and fit ``data.seq_len``; a σ-VAE workdir that is
+    the shards) match ``model.<m>_latent_dim`` and fit ``data.seq_len`` and the diffusion head's
+    slots per row (``data/target_capacity.check_span_budget``); a σ-VAE workdir that is
     named is a σ-VAE run of that modality with that latent dim and a checkpoint."""
     d = config.data
     stats_root = d.latent_stats_dir or (str(paths.resolve(shards[0]).parent) if shards else "")
@@ -73,6 +75,8 @@ def check_latents(config: mlc.ConfigDict, shards: list[str]) -> None:
                                   f"{d.seq_len} cannot hold one {name} span of {length} latents "
                                   f"plus {SPAN_OVERHEAD} tokens: set --config.data.seq_len="
                                   f"{int(length) + SPAN_OVERHEAD} or more")
+            if length is not None:  # a span longer than the diffusion head's slots per row
+                check_span_budget(config, {modality: int(length)})
         vae_workdir = d[f"{name}_vae_workdir"]
         if vae_workdir:
             check_vae_workdir(vae_workdir, modality, dim)

@@ -51,9 +51,6 @@ def check_input_files(config: mlc.ConfigDict, workdir: str = "") -> None:
         except ValueError as e:  # none given, or in a bucket (URL_SHARDS)
             raise ConfigError("data.latent_files", str(e)) from e
         check_latents(config, shards)
-        from latentlm_jax.data.target_capacity import check_latents_budget
-
-        check_latents_budget(config, shards)  # a span longer than the diffusion head's slots
         from latentlm_jax.data.latent_noise import make_latent_noise
 
         # old-format folders under data.latent_noise=fresh: refused before the workdir is made

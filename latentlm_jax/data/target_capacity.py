@@ -9,18 +9,17 @@ document would take a modality's targets above its slots, an interleaved documen
 partners before it would, and a document that alone has more (one span longer than the slots)
 goes to the bad-input policy as ``too_many_targets``. :func:`check_span_budget` refuses such a
 fraction at ``latentlm train`` start when the span lengths are known (pre-encoded latents:
-``sequence_length`` in ``stats-<modality>.json``), naming the smallest fraction that fits.
+``sequence_length`` in ``stats-<modality>.json``, read by ``cli/input_checks.check_latents``),
+naming the smallest fraction that fits.
 ``f = 0`` runs the head on every position: no budget.
 """
 
 from __future__ import annotations
 
-import json
 import math
 
 import ml_collections as mlc
 
-from latentlm_jax import paths
 from latentlm_jax.config.loading import ConfigError
 from latentlm_jax.modality import MODALITY_NAMES, latent_dims
 
@@ -70,30 +69,3 @@ def check_span_budget(config: mlc.ConfigDict, span_lengths: dict[int, int]) -> N
                                      f"than the {k} targets of one {MODALITY_NAMES[m]} span: set "
                                      f"it to ≥ {smallest_fraction(int(k), seq_len)} (or 0: every "
                                      "position)")
-
-
-def latent_span_lengths(config: mlc.ConfigDict, stats_root: str) -> dict[int, int]:
-    """Latents per span of each enabled modality that ``stats-<modality>.json`` in
-    ``stats_root`` records (``sequence_length``, written by ``latentlm encode``); modalities
-    without a readable one are left out (``cli/input_checks.check_latents`` reports those)."""
-    out = {}
-    for m in latent_dims(config.model):
-        path = paths.join(stats_root, f"stats-{MODALITY_NAMES[m]}.json")
-        try:
-            length = json.loads(paths.read_text(path)).get("sequence_length")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if length is not None:
-            out[m] = int(length)
-    return out
-
-
-def check_latents_budget(config: mlc.ConfigDict, shards: list[str]) -> None:
-    """:func:`check_span_budget` for a ``data.source="latents"`` run, with the span lengths in
-    its stats files (``data.latent_stats_dir``, else beside the first shard)."""
-    if target_budget(config) is None:
-        return
-    d = config.data
-    root = d.latent_stats_dir or (str(paths.resolve(shards[0]).parent) if shards else "")
-    if root:
-        check_span_budget(config, latent_span_lengths(config, root))
