@@ -12,14 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from latentlm_jax.config.loading import ConfigError
+from latentlm_jax.data.class_sequences import class_token
 from latentlm_jax.generate.generator import Generator, LatentStream, SamplingOptions
 from latentlm_jax.generate.prompts import PromptRequest
 from latentlm_jax.modality import IMAGE
-from latentlm_jax.models.transformer import init_cache
 
 
 def parse_class_ids(value: str, num_classes: int | None = None) -> list[int] | None:
@@ -56,29 +55,19 @@ def class_requests(ids: Sequence[int], *, count: int, seed: int) -> list[PromptR
 def class_prompt_rows(labels: Sequence[int], *, vocab_size: int, num_classes: int,
                       guided: bool) -> list[list[int]]:
     """The prompt rows: ``[<class k>]`` per label, then (guided) ``[<null>]`` per label."""
-    rows = [[vocab_size + int(k)] for k in labels]
+    rows = [[class_token(k, vocab_size)] for k in labels]
     if guided:
-        rows += [[vocab_size + num_classes]] * len(labels)
+        rows += [[class_token(num_classes, vocab_size)]] * len(labels)
     return rows
 
 
 def prefill_classes(gen: Generator, labels: Sequence[int], opts: SamplingOptions
                     ) -> LatentStream:
     """Prefills the class tokens (and the null class's when ``opts.cfg_scale`` ≠ 1)."""
-    cfg = gen.cfg
     guided = opts.cfg_scale != 1.0
-    rows = class_prompt_rows(labels, vocab_size=cfg.vocab_size, num_classes=cfg.num_classes,
-                             guided=guided)
-    tokens = np.asarray(rows, np.int32)  # [R, 1]
-    r = tokens.shape[0]
-    valid = np.ones_like(tokens, bool)
-    positions = np.zeros_like(tokens)
-    length = gen.image_latents
-    cache = init_cache(cfg, r, 1 + length + 1)
-    h, cache = gen._prefill(gen.params, jnp.asarray(tokens), None, None, jnp.asarray(valid),
-                            jnp.asarray(positions), cache)
-    return LatentStream(h, cache, 1, positions[:, -1] + 1, len(labels),
-                        len(labels) if guided else 0, length)
+    rows = class_prompt_rows(labels, vocab_size=gen.cfg.vocab_size,
+                             num_classes=gen.cfg.num_classes, guided=guided)
+    return gen.prefill_rows(rows, len(labels), guided, gen.image_latents)
 
 
 def class_to_latents(gen: Generator, labels: Sequence[int], key: jax.Array,

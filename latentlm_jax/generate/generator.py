@@ -186,13 +186,18 @@ class Generator:
         if guided:
             rows += [[t.bos_id, begin]] * len(prompts)
         length = self.image_latents if modality == IMAGE else opts.max_audio_latents
-        tokens, valid, positions = left_pad(rows, t.pad_id)
+        return self.prefill_rows(rows, len(prompts), guided, length)
+
+    def prefill_rows(self, rows: list[list[int]], n: int, guided: bool,
+                     length: int) -> LatentStream:
+        """Prefills token ``rows`` (left-padded): ``n`` conditional rows, then (``guided``) their
+        ``n`` unconditional twins, with cache room for a span of ``length`` latents."""
+        tokens, valid, positions = left_pad(rows, self.tok.pad_id)
         r, p = tokens.shape
         cache = init_cache(self.cfg, r, p + length + 1)
         h, cache = self._prefill(self.params, jnp.asarray(tokens), None, None, jnp.asarray(valid),
                                  jnp.asarray(positions), cache)
-        return LatentStream(h, cache, p, positions[:, -1] + 1, len(prompts),
-                            len(prompts) if guided else 0, length)
+        return LatentStream(h, cache, p, positions[:, -1] + 1, n, n if guided else 0, length)
 
     def decode_latents(self, stream: LatentStream, modality: int, key: jax.Array,
                        opts: SamplingOptions) -> list[np.ndarray]:
