@@ -64,6 +64,13 @@ def base_config() -> mlc.ConfigDict:
     m.attention = "xla"
     m.tie_embeddings = False
     m.init_std = 0.02
+    # The authors' choices (docs/fidelity.md rows 13, 15, 18), off by default: norm_scale False =
+    # RMSNorms without a learned gain; rope_frequencies geometric θ^(−2j/D) | authors
+    # θ^(−j/(D/2−1)); init normal = N(0, init_std) | torch_default = PyTorch's nn.Linear
+    # U(±1/√fan_in) for the projections (models/layers.py).
+    m.norm_scale = True
+    m.rope_frequencies = "geometric"
+    m.init = "normal"
     # Continuous modalities (LatentLM). A latent dim of 0 switches the modality off; with both off
     # the model is a plain text LM.
     m.image_latent_dim = 0
@@ -81,6 +88,9 @@ def base_config() -> mlc.ConfigDict:
     df.prediction = "eps"  # eps | v
     df.batch_mul = 4  # (t, ε) draws per latent per backbone pass ("ddpm_batch_mul")
     df.loss_weight = 1.0  # λ in CE + λ·diffusion
+    # per_modality: diffusion = Σ_m (mean loss of modality m); per_target: one mean over every
+    # latent target of every modality (the same with one modality; lm/loss.py)
+    df.loss_weighting = "per_modality"
     # > 0: run the head only on each row's latent targets, gathered into ceil(f · seq_len) slots per
     # row and modality; the packer closes a row before its targets of a modality would pass them
     # (data/target_capacity.py: none is dropped; a span longer than the slots is a config error /
@@ -127,6 +137,10 @@ def base_config() -> mlc.ConfigDict:
     # draw per example keyed by (seed, its index, modality), the same every epoch. Latents encoded
     # as one sample (before this, or by a plain VAE) are refused by fresh and used as is by frozen.
     d.latent_noise = "fresh"
+    # How those latents are normalised for the LatentLM (data/latent_noise.py): per_dim = each
+    # latent dim's mean / std (as `latentlm encode` stores them); scalar = ONE bias and ONE scale
+    # per modality (the authors'), from the same stats; generation uses the run's choice.
+    d.latent_normalisation = "per_dim"
     # Where the σ-VAEs that made those latents live (generate / demo decode and encode with them)
     d.image_vae_workdir = ""
     d.audio_vae_workdir = ""
@@ -143,6 +157,10 @@ def base_config() -> mlc.ConfigDict:
     # 2^27 ≈ 134 MP, above any camera's photo, below Pillow's decompression-bomb error (≈179 MP,
     # the most allowed) - a 33 KB PNG can declare 12000×12000 pixels and take 1.7 GB to decode.
     d.max_image_pixels = 2**27
+    # How a manifest / TFDS image becomes image_resolution²: "bicubic_square" = one bicubic
+    # resampling of the centred square; "adm" = the ADM centre crop of LatentLM's authors
+    # (box-halve while ≥ 2×, bicubic, crop; data/media.py adm_crop, docs/data_sources.md).
+    d.image_crop = "bicubic_square"
     # Held-out data for the LM's eval at train.eval_every (docs/evaluation.md): the built-in
     # data's eval_split ("" = "test"), a TFDS eval_split, or eval_<field> for user data.
     d.eval_split = ""

@@ -75,11 +75,13 @@ def apply_shape(m: Any, depth: int, width: int) -> Any:
 # ------------------------------------------------------------------------------ parameter counts
 def decoder_params(m: Any) -> int:
     """Decoder parameters of ``config.model`` ``m``: per block two RMSNorms, q/k/v/o and a SwiGLU
-    (16·E² + 2·E in the family), plus the final norm."""
+    (16·E² + 2·E in the family), plus the final norm; the norms hold no parameter when
+    ``model.norm_scale`` is False."""
     e = m.emb_dim
+    norm = e if m.get("norm_scale", True) else 0
     attention = e * m.head_dim * (2 * m.num_heads + 2 * m.num_kv_heads)
-    block = 2 * e + attention + 3 * e * m.mlp_dim
-    return m.num_layers * block + e
+    block = 2 * norm + attention + 3 * e * m.mlp_dim
+    return m.num_layers * block + norm
 
 
 def diffusion_head_params(m: Any, latent_dim: int) -> int:
@@ -87,10 +89,11 @@ def diffusion_head_params(m: Any, latent_dim: int) -> int:
     blocks (RMSNorm, adaLN shift/scale/gate with bias, SwiGLU), final norm + adaLN, out. With
     the family's proportions 49·E² + O(E)."""
     w = m.head.width or m.emb_dim
+    scaled = m.get("norm_scale", True)  # False: the three kinds of norm hold no parameter
     hidden = max(1, round(w * m.head.mlp_ratio))
-    block = w + (3 * w * w + 3 * w) + 3 * w * hidden
-    return (latent_dim * w + m.emb_dim + m.emb_dim * w + HEAD_FREQ_DIM * w + w * w
-            + m.head.depth * block + w + (2 * w * w + 2 * w) + w * latent_dim)
+    block = w * scaled + (3 * w * w + 3 * w) + 3 * w * hidden
+    return (latent_dim * w + m.emb_dim * scaled + m.emb_dim * w + HEAD_FREQ_DIM * w + w * w
+            + m.head.depth * block + w * scaled + (2 * w * w + 2 * w) + w * latent_dim)
 
 
 def embedding_params(m: Any, latent_dims: dict[int, int]) -> int:

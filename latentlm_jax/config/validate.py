@@ -97,6 +97,8 @@ def check_values(config: mlc.ConfigDict) -> None:
     _choice(config, "model.param_dtype", ("float32",))
     _choice(config, "model.remat_policy", ("none", "full", "save_dots"))
     _choice(config, "model.attention", ("xla", "dot_product", "splash"))
+    _choice(config, "model.rope_frequencies", ("geometric", "authors"))  # models/layers.py
+    _choice(config, "model.init", ("normal", "torch_default"))  # models/layers.py INITS
     _choice(config, "model.diffusion.schedule", ("cosine", "linear"))
     _choice(config, "model.diffusion.prediction", ("eps", "v"))
     _positive(config, "model.head.depth", "model.head.mlp_ratio", "model.diffusion.batch_mul")
@@ -113,6 +115,9 @@ def check_values(config: mlc.ConfigDict) -> None:
     _choice(config, "data.tokenizer", ("byte", "sentencepiece"))
     _choice(config, "data.bad_input", ("skip", "error"))
     _choice(config, "data.latent_noise", ("fresh", "frozen"))
+    _choice(config, "data.image_crop", ("bicubic_square", "adm"))  # data/media.py IMAGE_CROPS
+    _choice(config, "data.latent_normalisation", ("per_dim", "scalar"))
+    _choice(config, "model.diffusion.loss_weighting", ("per_modality", "per_target"))
     check_data_source(config.data)
     if config.task in VAE_TASKS.values():
         check_vae(config.vae, config.task)

@@ -9,7 +9,10 @@
 Biases exist only in the adaLN projections: they give shift/scale/gate a condition-independent
 offset (as in DiT); every other projection is bias-free like the backbone. The adaLN projections
 (weights and biases) and W_out are zero-initialised, so at init each block is the identity and the
-head outputs exactly 0. Leading dims are free and broadcast: x_t [..., latent_dim], t [...] (or a
+head outputs exactly 0. ``norm_scale`` and ``init`` are ``model.norm_scale`` / ``model.init``
+(layers.py): under "torch_default" x_in, the condition projection and the SwiGLUs get PyTorch's
+``nn.Linear`` init and the timestep MLP N(0, init_std), as the authors' ``initialize_weights``
+does. Leading dims are free and broadcast: x_t [..., latent_dim], t [...] (or a
 scalar), h [..., cond_dim] — e.g. h [B, 1, L, E] against x_t [B, K, L, D] computes the condition
 projection once for K noise draws. Parameters are float32; compute runs in ``dtype``; norms in
 float32; the output is float32.
@@ -58,10 +61,10 @@ class HeadBlock(nnx.Module):
     """RMSNorm → adaLN shift/scale → SwiGLU → gated residual."""
 
     def __init__(self, width: int, mlp_dim: int, *, init_std: float, dtype: Any,
-                 rngs: nnx.Rngs):
-        self.norm = RMSNorm(width, dtype=dtype, rngs=rngs)
+                 rngs: nnx.Rngs, norm_scale: bool = True, init: str = "normal"):
+        self.norm = RMSNorm(width, dtype=dtype, rngs=rngs, scale=norm_scale)
         self.ada = AdaLN(width, 3, dtype=dtype, rngs=rngs)
-        self.mlp = SwiGLU(width, mlp_dim, init_std=init_std, dtype=dtype, rngs=rngs)
+        self.mlp = SwiGLU(width, mlp_dim, init_std=init_std, dtype=dtype, rngs=rngs, init=init)
 
     def __call__(self, x: jax.Array, silu_c: jax.Array) -> jax.Array:
         mod = self.ada(silu_c)
@@ -75,23 +78,26 @@ class DiffusionHead(nnx.Module):
 
     def __init__(self, *, latent_dim: int, cond_dim: int, width: int, depth: int,
                  mlp_ratio: float = 4.0, freq_dim: int = 256, init_std: float = 0.02,
-                 dtype: Any = jnp.float32, rngs: nnx.Rngs):
+                 dtype: Any = jnp.float32, rngs: nnx.Rngs, norm_scale: bool = True,
+                 init: str = "normal"):
         self.dtype = dtype
         self.freq_dim = freq_dim
         self.latent_dim = latent_dim
         mlp_dim = max(1, round(width * mlp_ratio))
         self.x_in = Dense(latent_dim, width, ("latent", "embed"), init_std=init_std, dtype=dtype,
-                          rngs=rngs)
-        self.cond_norm = RMSNorm(cond_dim, dtype=dtype, rngs=rngs)
+                          rngs=rngs, init=init)
+        self.cond_norm = RMSNorm(cond_dim, dtype=dtype, rngs=rngs, scale=norm_scale)
         self.cond_in = Dense(cond_dim, width, ("embed", None), init_std=init_std, dtype=dtype,
-                             rngs=rngs)
+                             rngs=rngs, init=init)
+        # The timestep MLP is N(0, init_std) under either init (the authors' N(0, 0.02)).
         self.t_in = Dense(freq_dim, width, (None, "embed"), init_std=init_std, dtype=dtype,
                           rngs=rngs)
         self.t_out = Dense(width, width, ("embed", None), init_std=init_std, dtype=dtype,
                            rngs=rngs)
         self.blocks = nnx.List([HeadBlock(width, mlp_dim, init_std=init_std, dtype=dtype,
-                                          rngs=rngs) for _ in range(depth)])
-        self.final_norm = RMSNorm(width, dtype=dtype, rngs=rngs)
+                                          rngs=rngs, norm_scale=norm_scale, init=init)
+                                for _ in range(depth)])
+        self.final_norm = RMSNorm(width, dtype=dtype, rngs=rngs, scale=norm_scale)
         self.final_ada = AdaLN(width, 2, dtype=dtype, rngs=rngs)
         self.out = Dense(width, latent_dim, ("embed", "latent"), dtype=dtype, rngs=rngs,
                          zero_init=True)

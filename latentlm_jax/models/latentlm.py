@@ -18,7 +18,7 @@ from flax import nnx
 from latentlm_jax.modality import MODALITY_NAMES, latent_dims
 from latentlm_jax.models.diffusion_head import DiffusionHead
 from latentlm_jax.models.layers import Dense, normal_init
-from latentlm_jax.models.transformer import TextLM, compute_dtype
+from latentlm_jax.models.transformer import TextLM, compute_dtype, model_options
 from latentlm_jax.parallel.logical import constrain, param
 
 
@@ -42,14 +42,16 @@ class LatentLM(TextLM):
         dt = compute_dtype(cfg)
         width = cfg.head.width or cfg.emb_dim
         self.dims = latent_dims(cfg)
+        norm_scale, _, init = model_options(cfg)
         self.latent_in = nnx.Dict({
             MODALITY_NAMES[m]: Dense(d, cfg.emb_dim, ("latent", "embed"), init_std=cfg.init_std,
-                                     dtype=dt, rngs=rngs)
+                                     dtype=dt, rngs=rngs, init=init)
             for m, d in self.dims.items()})
         self.heads = nnx.Dict({
             MODALITY_NAMES[m]: DiffusionHead(latent_dim=d, cond_dim=cfg.emb_dim, width=width,
                                              depth=cfg.head.depth, mlp_ratio=cfg.head.mlp_ratio,
-                                             dtype=dt, rngs=rngs)
+                                             dtype=dt, rngs=rngs, norm_scale=norm_scale,
+                                             init=init)
             for m, d in self.dims.items()})
         # Class-conditional generation: token ids vocab_size + k are class k, vocab_size +
         # num_classes the null class (guidance); they index a label table of their own, which

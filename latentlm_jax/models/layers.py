@@ -2,6 +2,11 @@
 
 All parameters are float32 (``param_dtype``) with logical axis names; computation runs in ``dtype``
 (float32 or bfloat16). Norms, softmax and RoPE angles are computed in float32. No biases anywhere.
+
+Three choices follow the authors' released code when asked (docs/fidelity.md rows 13, 15, 18):
+``model.norm_scale`` (False: RMSNorm without a learned gain), ``model.rope_frequencies``
+("authors": θ^(−j/(D/2−1))) and ``model.init`` ("torch_default": PyTorch's ``nn.Linear`` default
+U(±1/√fan_in) for the projections). The defaults are this project's original choices.
 """
 
 from __future__ import annotations
@@ -21,24 +26,51 @@ from latentlm_jax.models.attention import (  # noqa: F401  (re-exported: the ref
 from latentlm_jax.models.linear import linear
 from latentlm_jax.parallel.logical import constrain, param
 
+INITS = ("normal", "torch_default")
+ROPE_FREQUENCIES = ("geometric", "authors")
+
 
 def normal_init(std: float):
     return nnx.initializers.normal(stddev=std)
 
 
+def torch_linear_init(fan_in: int):
+    """PyTorch's ``nn.Linear`` default weight init: U(±1/√fan_in), std 1/√(3·fan_in)."""
+    bound = fan_in ** -0.5
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def projection_init(init: str, std: float, fan_in: int):
+    """A projection's weight init under ``model.init``: N(0, std) ("normal") or PyTorch's
+    ``nn.Linear`` default ("torch_default") for ``fan_in`` inputs."""
+    if init == "normal":
+        return normal_init(std)
+    if init == "torch_default":
+        return torch_linear_init(fan_in)
+    raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
+
+
 class RMSNorm(nnx.Module):
-    """y = x / sqrt(mean(x²) + eps) * scale, computed in float32."""
+    """y = x / sqrt(mean(x²) + eps) * scale, computed in float32. ``scale=False``: no learned
+    gain (no parameter; the authors' ``elementwise_affine=False``)."""
 
     def __init__(self, dim: int, *, eps: float = 1e-6, dtype: Any = jnp.float32,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, scale: bool = True):
         self.eps = eps
         self.dtype = dtype
-        self.scale = param(nnx.initializers.ones, rngs.params(), (dim,), ("norm",))
+        key = rngs.params()  # drawn either way: the weights after it do not depend on `scale`
+        self.scale = param(nnx.initializers.ones, key, (dim,), ("norm",)) if scale else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (y * self.scale[...]).astype(self.dtype)
+        if self.scale is not None:
+            y = y * self.scale[...]
+        return y.astype(self.dtype)
 
 
 class Embed(nnx.Module):
@@ -67,32 +99,49 @@ class Dense(nnx.Module):
 
     def __init__(self, in_dim: int, out_dim: int, names: tuple[str, str], *,
                  init_std: float = 0.02, dtype: Any = jnp.float32, rngs: nnx.Rngs,
-                 zero_init: bool = False):
+                 zero_init: bool = False, init: str = "normal"):
         self.dtype = dtype
-        init = nnx.initializers.zeros if zero_init else normal_init(init_std)
-        self.kernel = param(init, rngs.params(), (in_dim, out_dim), names)
+        w_init = nnx.initializers.zeros if zero_init else projection_init(init, init_std, in_dim)
+        self.kernel = param(w_init, rngs.params(), (in_dim, out_dim), names)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return linear(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
 
 
-def rope_angles(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """cos/sin of RoPE angles, [..., head_dim // 2], float32."""
+def rope_inv_freq(head_dim: int, theta: float, frequencies: str = "geometric") -> jax.Array:
+    """The D/2 RoPE frequencies, float32: "geometric" θ^(−2j/D); "authors" θ^(−j/(D/2−1)), the
+    authors' ``θ ** -linspace(0, 1, D/2)`` (``build_rel_pos``), j = 0 … D/2 − 1."""
     half = head_dim // 2
-    inv_freq = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) * 2.0 / head_dim))
+    if frequencies == "geometric":
+        exponent = jnp.arange(half, dtype=jnp.float32) * 2.0 / head_dim
+    elif frequencies == "authors":
+        exponent = jnp.linspace(0.0, 1.0, half, dtype=jnp.float32)
+    else:
+        raise ValueError(f"unknown rope_frequencies {frequencies!r}; expected one of "
+                         f"{ROPE_FREQUENCIES}")
+    return 1.0 / (theta ** exponent)
+
+
+def rope_angles(positions: jax.Array, head_dim: int, theta: float,
+                frequencies: str = "geometric") -> tuple[jax.Array, jax.Array]:
+    """cos/sin of RoPE angles, [..., head_dim // 2], float32."""
+    inv_freq = rope_inv_freq(head_dim, theta, frequencies)
     angles = positions.astype(jnp.float32)[..., None] * inv_freq
     return jnp.cos(angles), jnp.sin(angles)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float,
+               frequencies: str = "geometric") -> jax.Array:
     """Rotary embedding on x [B, L, H, D] at integer positions [B, L].
 
-    "Rotate-half" layout: dims (i, i + D/2) form the rotated pair with frequency theta^(-2i/D).
+    "Rotate-half" layout: dims (i, i + D/2) form the rotated pair with the i-th frequency of
+    :func:`rope_inv_freq` (the authors' interleaved pairs are a fixed permutation of q/k channels,
+    absorbed by the projections).
     The halves are viewed as an axis of 2 and swapped by reversing it: (x1, x2)·cos + (x2, x1)·
     (−sin, sin), with no split and concatenate (which XLA:CPU runs as separate copies).
     """
     half = x.shape[-1] // 2
-    cos, sin = rope_angles(positions, x.shape[-1], theta)
+    cos, sin = rope_angles(positions, x.shape[-1], theta, frequencies)
     cos = jnp.stack([cos, cos], axis=-2)[:, :, None]  # [B, L, 1, 2, D/2]
     sin = jnp.stack([-sin, sin], axis=-2)[:, :, None]
     x32 = x.astype(jnp.float32).reshape(*x.shape[:-1], 2, half)
@@ -106,19 +155,21 @@ class Attention(nnx.Module):
 
     def __init__(self, emb_dim: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
                  rope_theta: float, init_std: float, dtype: Any, rngs: nnx.Rngs,
-                 implementation: str = "xla"):
+                 implementation: str = "xla", rope_frequencies: str = "geometric",
+                 init: str = "normal"):
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.rope_theta, self.dtype = rope_theta, dtype
+        self.rope_frequencies = rope_frequencies
         self.implementation = implementation
-        init = normal_init(init_std)
-        self.q = param(init, rngs.params(), (emb_dim, num_heads, head_dim),
+        in_init = projection_init(init, init_std, emb_dim)
+        self.q = param(in_init, rngs.params(), (emb_dim, num_heads, head_dim),
                        ("embed", "heads", "head_dim"))
-        self.k = param(init, rngs.params(), (emb_dim, num_kv_heads, head_dim),
+        self.k = param(in_init, rngs.params(), (emb_dim, num_kv_heads, head_dim),
                        ("embed", "kv_heads", "head_dim"))
-        self.v = param(init, rngs.params(), (emb_dim, num_kv_heads, head_dim),
+        self.v = param(in_init, rngs.params(), (emb_dim, num_kv_heads, head_dim),
                        ("embed", "kv_heads", "head_dim"))
-        self.o = param(init, rngs.params(), (num_heads, head_dim, emb_dim),
-                       ("heads", "head_dim", "embed"))
+        self.o = param(projection_init(init, init_std, num_heads * head_dim), rngs.params(),
+                       (num_heads, head_dim, emb_dim), ("heads", "head_dim", "embed"))
 
     def qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Projected, RoPE-rotated q, k and v for inputs x [B, L, E] at positions [B, L]."""
@@ -130,8 +181,8 @@ class Attention(nnx.Module):
         q = constrain(q, ("batch", "length", "act_heads", "head_dim"))
         k = constrain(k, ("batch", "length", "act_kv_heads", "head_dim"))
         v = constrain(v, ("batch", "length", "act_kv_heads", "head_dim"))
-        q = apply_rope(q, positions, self.rope_theta)
-        return q, apply_rope(k, positions, self.rope_theta), v
+        q = apply_rope(q, positions, self.rope_theta, self.rope_frequencies)
+        return q, apply_rope(k, positions, self.rope_theta, self.rope_frequencies), v
 
     def out(self, attn: jax.Array) -> jax.Array:
         o = self.o[...].astype(self.dtype)
@@ -168,12 +219,14 @@ class SwiGLU(nnx.Module):
     """FFN(x) = W_o (silu(x W_gate) ⊙ x W_up), no biases."""
 
     def __init__(self, emb_dim: int, mlp_dim: int, *, init_std: float, dtype: Any,
-                 rngs: nnx.Rngs, out_names: tuple[str, str] = ("mlp", "embed")):
+                 rngs: nnx.Rngs, out_names: tuple[str, str] = ("mlp", "embed"),
+                 init: str = "normal"):
         self.dtype = dtype
-        init = normal_init(init_std)
-        self.gate = param(init, rngs.params(), (emb_dim, mlp_dim), ("embed", "mlp"))
-        self.up = param(init, rngs.params(), (emb_dim, mlp_dim), ("embed", "mlp"))
-        self.down = param(init, rngs.params(), (mlp_dim, emb_dim), out_names)
+        in_init = projection_init(init, init_std, emb_dim)
+        self.gate = param(in_init, rngs.params(), (emb_dim, mlp_dim), ("embed", "mlp"))
+        self.up = param(in_init, rngs.params(), (emb_dim, mlp_dim), ("embed", "mlp"))
+        self.down = param(projection_init(init, init_std, mlp_dim), rngs.params(),
+                          (mlp_dim, emb_dim), out_names)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = self.dtype

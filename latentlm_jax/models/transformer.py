@@ -30,17 +30,29 @@ def compute_dtype(cfg: mlc.ConfigDict) -> Any:
     return DTYPES[cfg.dtype]
 
 
+def model_options(cfg: mlc.ConfigDict) -> tuple[bool, str, str]:
+    """(``norm_scale``, ``rope_frequencies``, ``init``) of ``config.model``; a config saved before
+    these fields existed gets the original choices."""
+    return (cfg.get("norm_scale", True), cfg.get("rope_frequencies", "geometric"),
+            cfg.get("init", "normal"))
+
+
 class Block(nnx.Module):
     """x + Attn(RMSNorm(x)); x + SwiGLU(RMSNorm(x))."""
 
     def __init__(self, cfg: mlc.ConfigDict, *, rngs: nnx.Rngs):
         dt = compute_dtype(cfg)
-        self.attn_norm = RMSNorm(cfg.emb_dim, eps=cfg.norm_eps, dtype=dt, rngs=rngs)
+        norm_scale, rope_frequencies, init = model_options(cfg)
+        self.attn_norm = RMSNorm(cfg.emb_dim, eps=cfg.norm_eps, dtype=dt, rngs=rngs,
+                                 scale=norm_scale)
         self.attn = Attention(cfg.emb_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                               rope_theta=cfg.rope_theta, init_std=cfg.init_std, dtype=dt, rngs=rngs,
-                              implementation=cfg.attention)
-        self.mlp_norm = RMSNorm(cfg.emb_dim, eps=cfg.norm_eps, dtype=dt, rngs=rngs)
-        self.mlp = SwiGLU(cfg.emb_dim, cfg.mlp_dim, init_std=cfg.init_std, dtype=dt, rngs=rngs)
+                              implementation=cfg.attention, rope_frequencies=rope_frequencies,
+                              init=init)
+        self.mlp_norm = RMSNorm(cfg.emb_dim, eps=cfg.norm_eps, dtype=dt, rngs=rngs,
+                                scale=norm_scale)
+        self.mlp = SwiGLU(cfg.emb_dim, cfg.mlp_dim, init_std=cfg.init_std, dtype=dt, rngs=rngs,
+                          init=init)
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
         x = x + self.attn(self.attn_norm(x), positions, segment_ids)
@@ -87,7 +99,7 @@ class Decoder(nnx.Module):
         else:
             self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
         self.final_norm = RMSNorm(cfg.emb_dim, eps=cfg.norm_eps, dtype=compute_dtype(cfg),
-                                  rngs=rngs)
+                                  rngs=rngs, scale=model_options(cfg)[0])
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
         """x: input embeddings [B, L, E]; positions: per-document positions (RoPE) [B, L];
@@ -150,9 +162,10 @@ class TextLM(nnx.Module):
         self.tie_embeddings = cfg.tie_embeddings
         self.embed = Embed(cfg.vocab_size, cfg.emb_dim, init_std=cfg.init_std, dtype=dt, rngs=rngs)
         self.decoder = Decoder(cfg, rngs=rngs)
-        if not cfg.tie_embeddings:
+        if not cfg.tie_embeddings:  # the authors' code has no LM head: an nn.Linear's init
             self.lm_head = Dense(cfg.emb_dim, cfg.vocab_size, ("embed", "vocab"),
-                                 init_std=cfg.init_std, dtype=dt, rngs=rngs)
+                                 init_std=cfg.init_std, dtype=dt, rngs=rngs,
+                                 init=model_options(cfg)[2])
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         out = self.embed.attend(hidden) if self.tie_embeddings else self.lm_head(hidden)

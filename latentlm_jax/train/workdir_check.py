@@ -24,7 +24,7 @@ PROBE_NAME = ".latentlm-write-probe"
 PROBE_BYTES = 64 * 1024  # enough to touch a data block, small enough to be instant
 
 # Model fields that change how a run computes, not the shapes it saves: a resume may change them.
-_RUNTIME_MODEL_FIELDS = {"dtype", "remat_policy", "attention", "init_std", "diffusion"}
+_RUNTIME_MODEL_FIELDS = {"dtype", "remat_policy", "attention", "init_std", "init", "diffusion"}
 # σ-VAE fields that are weights-free (loss weights, noise, eval sizes).
 _SHAPED_VAE_GROUPS = ("kind", "image", "audio")
 _SHAPED_VAE_LOSS = ("adversarial", "disc_channels", "disc_layers")
