@@ -9,7 +9,8 @@ Understanding inputs (image→text, audio→text prompts) are encoded as the σ-
 as one noisy sample z = μ + σ·ε like the latents the LatentLM trained on (``"sample"``, drawn
 with the σ-VAE's own sampler from a given key: deterministic); both are normalised with the
 training latents' statistics (``generate.understanding_input`` in the demo,
-``--understanding-input`` for ``latentlm generate``; docs/vae.md "Fresh noise").
+``--understanding-input`` for ``latentlm generate``; docs/vae.md "Fresh noise"), per dimension or
+one scalar per modality as the run's ``data.latent_normalisation`` says.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from latentlm_jax.data.encode_latents import (
     normalise,
     to_sequence,
 )
+from latentlm_jax.data.latent_noise import stats_for
 from latentlm_jax.modality import IMAGE, MODALITY_NAMES
 from latentlm_jax.train.checkpoint_io import inference_mesh, load_model, load_run_config
 from latentlm_jax.vae.config import audio_latent_shape, image_latent_shape
@@ -88,7 +90,10 @@ class MediaCodec:
         vae_config = load_run_config(workdir)
         self.vae, self.vae_config, _ = load_model(workdir, config=vae_config,
                                                   mesh=inference_mesh(vae_config, devices))
-        self.stats = load_stats(stats_dir(config), self.name)
+        # The normalisation the run trained with (data.latent_normalisation, from its config):
+        # encode and decode use the same per-dim or scalar statistics.
+        self.stats = stats_for(load_stats(stats_dir(config), self.name),
+                               config.data.get("latent_normalisation", "per_dim"))
 
     def grid(self) -> tuple[int, ...]:
         """The latent grid of one example: (h, w, D) for images, (frames, D) for audio."""
@@ -120,12 +125,7 @@ class MediaCodec:
         the longest decoded clip).
         """
         if self.modality == IMAGE:
-            h, w, d = self.grid()
-            for z in latents:
-                if len(z) != h * w:
-                    raise ValueError(f"an image needs {h * w} latents, got {len(z)}")
-            z = denormalise(np.stack(latents), self.stats).reshape(-1, h, w, d)
-            return self._as_media(np.asarray(_decode(self.vae, jnp.asarray(z))))
+            return self._as_media(self.decode_images_float(latents))
         groups = []
         for n in sorted({len(z) for z in latents}):
             idx = [i for i, z in enumerate(latents) if len(z) == n]
@@ -137,6 +137,16 @@ class MediaCodec:
             wave = wave[:, :length]
             out[idx, :wave.shape[1]] = wave
         return self._as_media(out)
+
+    def decode_images_float(self, latents: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        """Normalised image latent sequences (h·w each, raster order) → the σ-VAE's decoded
+        images before any rounding: float32 [B, H, W, 3], nominally in [-1, 1]."""
+        h, w, d = self.grid()
+        for z in latents:
+            if len(z) != h * w:
+                raise ValueError(f"an image needs {h * w} latents, got {len(z)}")
+        z = denormalise(np.stack(latents), self.stats).reshape(-1, h, w, d)
+        return np.asarray(_decode(self.vae, jnp.asarray(z)), np.float32)
 
     # -- one example at a time (``latentlm generate``) -----------------------------------------
     def encode(self, media: np.ndarray, understanding: str = "mean",

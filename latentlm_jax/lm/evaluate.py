@@ -110,17 +110,22 @@ def eval_sums(model, batch: dict[str, jax.Array], doc_ids: jax.Array, *, multimo
 
 
 def summarise(sums: dict[str, float], model_dims: dict[int, int], loss_weight: float,
-              draws: int) -> dict[str, float]:
-    """Summed eval terms → the reported metrics (keys without the ``eval/`` prefix)."""
+              draws: int, weighting: str = "per_modality") -> dict[str, float]:
+    """Summed eval terms → the reported metrics (keys without the ``eval/`` prefix); ``loss``
+    adds the modalities' diffusion losses as ``model.diffusion.loss_weighting`` says
+    (lm/loss.py)."""
     ce = sums["ce"] / max(sums["ce_count"], 1.0)
     out = {"text_ce": ce, "text_bits_per_token": ce / math.log(2)}
-    loss = ce
+    diffusion = 0.0
     for m in model_dims:
         name = MODALITY_NAMES[m]
         value = sums[name] / (draws * max(sums[f"{name}_count"], 1.0))
         out[f"diffusion/{name}"] = value
-        loss += loss_weight * value
-    out["loss"] = loss
+        diffusion += value
+    if weighting == "per_target" and model_dims:
+        total = sum(sums[f"{MODALITY_NAMES[m]}_count"] for m in model_dims)
+        diffusion = sum(sums[MODALITY_NAMES[m]] for m in model_dims) / (draws * max(total, 1.0))
+    out["loss"] = ce + loss_weight * diffusion
     return out
 
 
@@ -138,6 +143,7 @@ class HeldOutEval:
         rows, doc_ids = build_eval_rows(config)
         self.multimodal = multimodal
         self.draws = int(config.data.eval_draws)
+        self.weighting = config.model.diffusion.get("loss_weighting", "per_modality")
         self.axes = {**axes, "doc_ids": ("batch", "length")}
         self.num_rows = len(doc_ids)
         size = config.train.global_batch_size // config.train.grad_accum_steps
@@ -173,4 +179,4 @@ class HeldOutEval:
                 totals[k] = totals.get(k, 0.0) + float(np.asarray(v, np.float64))
         dims = model.dims if self.multimodal else {}
         weight = model.diffusion.loss_weight if self.multimodal else 0.0
-        return summarise(totals, dims, weight, self.draws)
+        return summarise(totals, dims, weight, self.draws, self.weighting)

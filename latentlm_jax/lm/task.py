@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax.numpy as jnp
@@ -28,7 +29,9 @@ class LMTask:
 
     def __init__(self, config: mlc.ConfigDict):
         self.multimodal = is_multimodal(config)
-        self.loss_fn = latentlm_loss if self.multimodal else text_lm_loss
+        weighting = config.model.diffusion.get("loss_weighting", "per_modality")
+        self.loss_fn = (functools.partial(latentlm_loss, weighting=weighting) if self.multimodal
+                        else text_lm_loss)
         self._eval = None  # the held-out rows, built at the first evaluate
 
     def build_model(self, config: mlc.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
