@@ -4,8 +4,10 @@
     latentlm eval-images --images samples/manifest.jsonl --ref real_images/ --weights W.npz \\
         --save-ref-stats real_stats.npz --out report.json
 
-``--images`` and a ``--ref`` that is not an ``.npz`` are a folder (every image file under it) or a
-JSONL manifest (its ``"image"`` paths). ``--ref`` may be left out for the Inception Score alone;
+``--images`` and a ``--ref`` that is not an ``.npz`` are a folder (every image file under it), a
+JSONL manifest (its ``"image"`` paths) or a ``.npy`` of float images ``[N, H, W, 3]`` in [0, 1]
+(``latentlm generate``'s ``images.npy``: the decoded images unquantised, as LatentLM's authors
+score them; values clamped to [0, 1]). ``--ref`` may be left out for the Inception Score alone;
 ``--save-stats`` keeps the ``--images`` set's statistics as a future ``--ref``. ``--weights`` is
 the converted FID Inception (``python -m latentlm_jax.image_metrics.convert``);
 ``--random-weights`` runs a randomly initialised one instead, for tests and dry runs only.
@@ -28,10 +30,12 @@ RANDOM_WARNING = ("WARNING: --random-weights: a randomly initialised Inception n
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True,
-                        help="the images to score: a folder or a JSONL manifest")
+                        help="the images to score: a folder, a JSONL manifest, or a .npy of "
+                             "float images [N, H, W, 3] in [0, 1] (generate's images.npy)")
     parser.add_argument("--ref", default=None,
-                        help="reference: a folder, a JSONL manifest, or statistics (.npz with mu "
-                             "and sigma); without it only the Inception Score is computed")
+                        help="reference: a folder, a JSONL manifest, a .npy of float images, or "
+                             "statistics (.npz with mu and sigma); without it only the "
+                             "Inception Score is computed")
     weights = parser.add_mutually_exclusive_group(required=True)
     weights.add_argument("--weights", help="the converted FID Inception weights (.npz)")
     weights.add_argument("--random-weights", action="store_true",
@@ -109,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     images = ImageSet(args.images, "--images")
     ref_set = ImageSet(args.ref, "--ref") if args.ref is not None and not ref_is_stats else None
     ref_stats = F.load_stats(args.ref, FEATURE_DIM) if ref_is_stats else None
-    if images.is_folder:  # known before any image is decoded
+    if images.exact_count:  # known before any image is decoded
         _need(len(images), args.splits, "--images",
               f"the Inception Score over {args.splits} splits")
 

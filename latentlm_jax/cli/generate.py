@@ -8,7 +8,10 @@
     latentlm generate --workdir W --devices all ...   # weights sharded over every local device
 
 Text → media writes ``<prompt index>_<sample>.png|wav`` and ``manifest.jsonl`` (one line per file
-with its prompt and settings; :mod:`latentlm_jax.generate.bulk`). Prompts files:
+with its prompt and settings; :mod:`latentlm_jax.generate.bulk`), and, for images,
+``images.npy``: the decoded images unquantised, float32 ``[N, H, W, 3]`` clamped to [0, 1], row i
+= the i-th image line of the manifest (what ``latentlm eval-images`` scores as LatentLM's
+authors do; ``--no-float-images`` leaves it out). Prompts files:
 :mod:`latentlm_jax.generate.prompts`.
 """
 
@@ -55,6 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--no-ema", action="store_true", help="use raw weights, not the EMA")
+    parser.add_argument("--no-float-images", action="store_true",
+                        help="do not write OUT/images.npy (the decoded images as float32 in "
+                             "[0, 1] beside the 8-bit PNGs, for eval-images; 0.79 MB per "
+                             "256-px image)")
     parser.add_argument("--understanding-input", default="mean",
                         help="what an --image / --audio to caption is encoded as: the σ-VAE's "
                              "mean μ, or one noisy sample z = μ + σ·ε as in training (seeded by "
@@ -176,16 +183,19 @@ def run(args: argparse.Namespace) -> int:
 def _text_to_media(args, requests: list[PromptRequest], model, config, step: int, tok,
                    opts, devices: list, labels: dict[int, int] | None = None) -> int:
     """Text → media; with ``labels`` (request index → class id) class → image instead."""
+    import contextlib
     import dataclasses
 
     import numpy as np
 
-    from latentlm_jax.generate.bulk import MANIFEST, run_batches, save_medium
+    from latentlm_jax.generate.bulk import FLOAT_IMAGES, MANIFEST, run_batches, save_medium
     from latentlm_jax.generate.codecs import MediaCodec
     from latentlm_jax.generate.generator import Generator
+    from latentlm_jax.image_metrics.float_images import FloatImageWriter
     from latentlm_jax.modality import IMAGE, MODALITY_IDS, MODALITY_NAMES, latent_dims
     from latentlm_jax.train.checkpoint_io import export_info, has_ema
     from latentlm_jax.train.metrics import format_duration
+    from latentlm_jax.vae.samples import to_uint8
 
     # The weights actually used, for the manifest: an export holds one kind; a run without an
     # EMA has only the raw ones.
@@ -211,6 +221,10 @@ def _text_to_media(args, requests: list[PromptRequest], model, config, step: int
     gen = Generator(model, config.model, tok, image_latents=image_latents)
     per_modality = {m: dataclasses.replace(opts, max_audio_latents=spans[m]) for m in codecs}
     clip = {m: c.vae_config.vae.audio.num_samples for m, c in codecs.items() if m != IMAGE}
+    n_images = sum(r.count for r in requests if r.modality == MODALITY_NAMES[IMAGE])
+    float_path = str(paths.join(args.out, FLOAT_IMAGES))
+    float_images = (FloatImageWriter(float_path, n_images)
+                    if n_images and not args.no_float_images else contextlib.nullcontext())
 
     def generate(batch):
         m = MODALITY_IDS[batch.modality]
@@ -223,8 +237,13 @@ def _text_to_media(args, requests: list[PromptRequest], model, config, step: int
         else:
             ks = [None] * batch.rows
             latents = gen.text_to_latents(batch.prompts(), m, batch.key(), per_modality[m])
-        media = codecs[m].decode_batch(latents, **({"num_samples": clip[m]} if m in clip
-                                                    else {}))
+        if m == IMAGE:  # floats → the PNGs' uint8 (decode_batch's rounding) and images.npy
+            raw = codecs[m].decode_images_float(latents)
+            media = to_uint8(raw)
+            if n_images and not args.no_float_images:
+                float_images.append(np.clip(raw[:len(batch.items)], -1.0, 1.0) * 0.5 + 0.5)
+        else:
+            media = codecs[m].decode_batch(latents, num_samples=clip[m])
         return [(x, {"latents": len(z), **({} if k is None else {"label": k})})
                 for x, z, k in zip(media, latents, ks, strict=True)]
 
@@ -245,9 +264,13 @@ def _text_to_media(args, requests: list[PromptRequest], model, config, step: int
         print(f"\rgenerated {files}/{total} (batch {done}/{batches}, ETA "
               f"{format_duration(eta)})", end="" if done < batches else "\n", flush=True)
 
-    lines = run_batches(requests, args.batch_size, args.out, generate, save, settings, progress)
+    with float_images:
+        lines = run_batches(requests, args.batch_size, args.out, generate, save, settings,
+                            progress)
     print(f"wrote {len(lines)} files for {len(requests)} prompts to {args.out}; list: "
           f"{paths.join(args.out, MANIFEST)}")
+    if n_images and not args.no_float_images:
+        print(f"float images (unquantised, for eval-images): {float_path}")
     return 0
 
 
@@ -260,9 +283,10 @@ def _caption(args, model, config, tok, opts, key, devices: list) -> int:
 
     modality = IMAGE if args.image else AUDIO
     codec = MediaCodec(config, modality, devices)
-    v = codec.vae_config.vae  # load the input as the σ-VAE takes it
+    v = codec.vae_config.vae  # load the input as the σ-VAE takes it (size, crop)
+    crop = codec.vae_config.data.get("image_crop", "bicubic_square")
     try:
-        media = (load_image(args.image, v.image.resolution) if args.image
+        media = (load_image(args.image, v.image.resolution, crop=crop) if args.image
                  else load_audio(args.audio, v.audio.sample_rate, v.audio.num_samples))
     except BadInput as e:
         raise ConfigError("", f"cannot read {args.image or args.audio}: {e}") from e

@@ -25,7 +25,12 @@ import numpy as np
 from latentlm_jax import paths
 from latentlm_jax.data.bad_input import BadInput, NotApplicable
 from latentlm_jax.data.indexing import check_index
-from latentlm_jax.data.media import DEFAULT_MAX_IMAGE_PIXELS, load_audio, load_image
+from latentlm_jax.data.media import (
+    DEFAULT_IMAGE_CROP,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    load_audio,
+    load_image,
+)
 
 KEYS = ("text", "image", "audio")
 _IS_CONTENT = np.ones(256, bool)  # byte -> not whitespace
@@ -55,6 +60,7 @@ class ManifestSource:
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         only: str | None = None,
         label: str = "",
+        image_crop: str = DEFAULT_IMAGE_CROP,
     ):
         if only is not None and only not in KEYS:
             raise ValueError(f"only must be one of {KEYS}, got {only!r}")
@@ -66,6 +72,7 @@ class ManifestSource:
         self.sample_rate = sample_rate
         self.num_samples = num_samples
         self.max_image_pixels = max_image_pixels
+        self.image_crop = image_crop  # data.image_crop (data/media.py IMAGE_CROPS)
         self.only = only
         self.label = label  # data.label: the key of the class label, given as "label"
         self._starts, self._ends, self._line_numbers = index_lines(self.path)
@@ -116,7 +123,7 @@ class ManifestSource:
         image = audio = None
         if obj.get("image") is not None:
             image = load_image(self._resolve(obj["image"], "image"), self.image_resolution,
-                               self.max_image_pixels)
+                               self.max_image_pixels, self.image_crop)
         if obj.get("audio") is not None:
             path = self._resolve(obj["audio"], "audio")
             audio = load_audio(path, self.sample_rate, self.num_samples)

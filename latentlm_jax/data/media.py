@@ -2,8 +2,9 @@
 
 Images become ``uint8[res, res, 3]``: transparency is composited on white; grayscale, palette,
 CMYK and 16-bit images become RGB; the short side is scaled to ``res`` and the centre square is
-kept. Audio becomes ``float32[num_samples]``: mono (channel mean), band-limited resampling to the
-target rate (polyphase, the exact rational ratio), then zero-padded or cut. Undecodable inputs raise
+kept, as ``data.image_crop`` says (:data:`IMAGE_CROPS`, below). Audio becomes
+``float32[num_samples]``: mono (channel mean), band-limited resampling to the target rate
+(polyphase, the exact rational ratio), then zero-padded or cut. Undecodable inputs raise
 :class:`~latentlm_jax.data.bad_input.BadInput`, never a decoder-specific exception.
 
 An image with more than ``max_pixels`` pixels (``data.max_image_pixels``) is refused as
@@ -34,6 +35,13 @@ from latentlm_jax.data.bad_input import BadInput
 # format included), below Pillow's decompression-bomb error (2 × Image.MAX_IMAGE_PIXELS ≈ 179 MP).
 DEFAULT_MAX_IMAGE_PIXELS = 2**27
 
+# data.image_crop: how an image becomes res × res. "bicubic_square": one bicubic resampling of the
+# centred square (:func:`_square`). "adm": the ADM centre crop LatentLM's authors train on (their
+# ``center_crop_arr``, from guided-diffusion): halve with a box filter while the short side is
+# ≥ 2·res, scale the short side to res (bicubic, sizes rounded), crop the centre (:func:`adm_crop`).
+IMAGE_CROPS = ("bicubic_square", "adm")
+DEFAULT_IMAGE_CROP = "bicubic_square"
+
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
@@ -47,11 +55,12 @@ def _require_file(path: str) -> None:
 
 
 def load_image(path: str, resolution: int | None,
-               max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+               max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+               crop: str = DEFAULT_IMAGE_CROP) -> np.ndarray:
     """Read any image Pillow reads as ``uint8[resolution, resolution, 3]``."""
     _require_file(path)
     data = paths.read_bytes(path)
-    return decode_image_bytes(data, resolution, file=path, max_pixels=max_pixels)
+    return decode_image_bytes(data, resolution, file=path, max_pixels=max_pixels, crop=crop)
 
 
 def check_pixels(width: int, height: int, max_pixels: int, file: str | None = None) -> None:
@@ -74,10 +83,11 @@ def _ignore_pillow_bomb_warning() -> None:
 
 def decode_image_bytes(
     data: bytes, resolution: int | None, *, file: str | None = None,
-    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, crop: str = DEFAULT_IMAGE_CROP,
 ) -> np.ndarray:
     """Encoded image bytes (PNG, JPEG, WebP, ...) -> ``uint8[res, res, 3]`` (or ``[H, W, 3]`` if
     ``resolution`` is None). Images over ``max_pixels`` are refused before decoding."""
+    check_crop(crop)
     _ignore_pillow_bomb_warning()
     try:
         img = Image.open(io.BytesIO(data))  # reads the header only
@@ -90,8 +100,9 @@ def decode_image_bytes(
         raise BadInput("corrupt_image", f"cannot decode image: {exc}", file=file) from exc
     check_pixels(*img.size, max_pixels, file)
     try:
-        if resolution and img.format == "JPEG":
-            # Let libjpeg decode at a reduced scale, keeping >= 2x the target on the short side.
+        if resolution and img.format == "JPEG" and crop != "adm":
+            # Let libjpeg decode at a reduced scale, keeping >= 2x the target on the short side
+            # (not for "adm": the authors decode every pixel, then box-halve).
             w, h = img.size
             scale = 2 * resolution / min(w, h)
             if scale < 1:
@@ -101,12 +112,14 @@ def decode_image_bytes(
         rgb = _to_rgb(img)
     except Exception as exc:  # any decoder failure on untrusted bytes is a bad input
         raise BadInput("corrupt_image", f"cannot decode image: {exc}", file=file) from exc
-    return _square(rgb, resolution)
+    return resize_image(rgb, resolution, crop)
 
 
 def prepare_image_array(array: np.ndarray, resolution: int | None,
-                        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+                        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                        crop: str = DEFAULT_IMAGE_CROP) -> np.ndarray:
     """A decoded ``uint8`` image ``[H, W]``, ``[H, W, 1|2|3|4]`` -> ``uint8[res, res, 3]``."""
+    check_crop(crop)
     a = np.asarray(array)
     if a.dtype != np.uint8:
         raise BadInput("bad_field", f"image array must be uint8, got {a.dtype}")
@@ -117,7 +130,7 @@ def prepare_image_array(array: np.ndarray, resolution: int | None,
         raise BadInput("bad_field", f"image array must be [H, W] or [H, W, 1-4], got {a.shape}")
     check_pixels(a.shape[1], a.shape[0], max_pixels)
     img = Image.fromarray(np.ascontiguousarray(a))  # L, LA, RGB or RGBA from the shape
-    return _square(_to_rgb(img), resolution)
+    return resize_image(_to_rgb(img), resolution, crop)
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:
@@ -140,6 +153,37 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
         rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
         return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def check_crop(crop: str) -> None:
+    if crop not in IMAGE_CROPS:
+        raise ValueError(f"image crop must be one of {', '.join(IMAGE_CROPS)}; got {crop!r}")
+
+
+def resize_image(rgb: np.ndarray, resolution: int | None,
+                 crop: str = DEFAULT_IMAGE_CROP) -> np.ndarray:
+    """``uint8[H, W, 3]`` -> ``uint8[res, res, 3]`` by ``crop`` (:data:`IMAGE_CROPS`); ``[H, W, 3]``
+    unchanged when ``resolution`` is None."""
+    check_crop(crop)
+    if crop == "adm" and resolution:
+        return adm_crop(rgb, resolution)
+    return _square(rgb, resolution)
+
+
+def adm_crop(rgb: np.ndarray, resolution: int) -> np.ndarray:
+    """The ADM centre crop, pixel for pixel as LatentLM's ``center_crop_arr`` (microsoft/unilm
+    ``LatentLM/utils.py``; from guided-diffusion): while the short side is ≥ 2·res, halve both
+    sides (floor) with a box filter; then resize bicubically to ``round(side · res / short)``
+    (Python's round); keep the ``res × res`` block at offsets ``(side - res) // 2``."""
+    img = Image.fromarray(np.ascontiguousarray(rgb))
+    while min(img.size) >= 2 * resolution:
+        img = img.resize((img.size[0] // 2, img.size[1] // 2), Image.Resampling.BOX)
+    scale = resolution / min(img.size)
+    img = img.resize((round(img.size[0] * scale), round(img.size[1] * scale)),
+                     Image.Resampling.BICUBIC)
+    arr = np.asarray(img, dtype=np.uint8)
+    top, left = (arr.shape[0] - resolution) // 2, (arr.shape[1] - resolution) // 2
+    return np.ascontiguousarray(arr[top:top + resolution, left:left + resolution])
 
 
 def _square(rgb: np.ndarray, resolution: int | None) -> np.ndarray:

@@ -114,7 +114,8 @@ def _open_source(d: mlc.ConfigDict, only: str | None):
         return ManifestSource(d.manifest, image_resolution=d.image_resolution,
                               sample_rate=d.sample_rate, num_samples=d.audio_samples,
                               max_image_pixels=d.max_image_pixels, only=only,
-                              label=d.get("label", ""))
+                              label=d.get("label", ""),
+                              image_crop=d.get("image_crop", "bicubic_square"))
     if d.source == "tfds":
         from latentlm_jax.data.tfds_source import TfdsSource
 
@@ -123,7 +124,8 @@ def _open_source(d: mlc.ConfigDict, only: str | None):
                           num_samples=d.audio_samples,
                           source_sample_rate=d.tfds_sample_rate or None,
                           max_image_pixels=d.max_image_pixels, only=only,
-                          label=d.get("label", ""))
+                          label=d.get("label", ""),
+                          image_crop=d.get("image_crop", "bicubic_square"))
     if d.source == "latents":
         from latentlm_jax.data.array_record_source import LatentArrayRecordSource
 

@@ -24,6 +24,7 @@ from latentlm_jax.data.bad_input import BadInput
 from latentlm_jax.data.indexing import check_index
 from latentlm_jax.data.manifest import KEYS, check_text, read_label
 from latentlm_jax.data.media import (
+    DEFAULT_IMAGE_CROP,
     DEFAULT_MAX_IMAGE_PIXELS,
     decode_image_bytes,
     prepare_audio_array,
@@ -49,6 +50,7 @@ class TfdsSource:
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         only: str | None = None,
         label: str = "",
+        image_crop: str = DEFAULT_IMAGE_CROP,
     ):
         self.name, self.split = name, split
         # data.label: the feature holding the class label (a ClassLabel or an int), read into
@@ -62,6 +64,7 @@ class TfdsSource:
             self.feature_map = {only: self.feature_map[only]}
         self.max_image_pixels = max_image_pixels
         self.image_resolution = image_resolution
+        self.image_crop = image_crop  # data.image_crop (data/media.py IMAGE_CROPS)
         self.sample_rate = sample_rate
         self.num_samples = num_samples
         # download=False: never fetch or prepare at training time (no network); prepare beforehand.
@@ -122,8 +125,9 @@ class TfdsSource:
     def _image(self, value: Any) -> np.ndarray:
         if isinstance(value, bytes | np.bytes_):
             return decode_image_bytes(bytes(value), self.image_resolution,
-                                      max_pixels=self.max_image_pixels)
-        return prepare_image_array(np.asarray(value), self.image_resolution, self.max_image_pixels)
+                                      max_pixels=self.max_image_pixels, crop=self.image_crop)
+        return prepare_image_array(np.asarray(value), self.image_resolution, self.max_image_pixels,
+                                   self.image_crop)
 
     def _audio(self, value: Any) -> np.ndarray:
         target = self.sample_rate or self.source_sample_rate

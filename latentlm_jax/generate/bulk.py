@@ -26,6 +26,7 @@ from latentlm_jax.generate.prompts import PromptRequest
 from latentlm_jax.modality import MODALITY_IDS
 
 MANIFEST = "manifest.jsonl"
+FLOAT_IMAGES = "images.npy"  # the images unquantised (cli/generate.py; image_metrics/float_images)
 EXTENSIONS = {"image": "png", "audio": "wav"}
 
 

@@ -1,8 +1,10 @@
-"""An image set for FID: every image file under a folder, or the ``"image"`` of each line of a JSONL
+"""An image set for FID: every image file under a folder, the ``"image"`` of each line of a JSONL
 manifest (``latentlm generate`` writes ``DIR/manifest.jsonl``; relative paths are against the
-manifest's folder). Images are read through the path layer by ``data/media.py``'s loader at their
-own size, as RGB (transparency composited on white); a file that does not decode is a one-line
-error naming it, never a silent skip — FID depends on which images are in the set.
+manifest's folder), or the float images of a ``.npy`` ``[N, H, W, 3]`` in [0, 1] (``generate``'s
+``DIR/images.npy``; :mod:`latentlm_jax.image_metrics.float_images`). Image files are read through
+the path layer by ``data/media.py``'s loader at their own size, as RGB (transparency composited on
+white); a file that does not decode is a one-line error naming it, never a silent skip — FID
+depends on which images are in the set.
 """
 
 from __future__ import annotations
@@ -16,18 +18,23 @@ from latentlm_jax.config.loading import ConfigError
 from latentlm_jax.data.bad_input import NotApplicable
 from latentlm_jax.data.manifest import ManifestSource
 from latentlm_jax.data.media import load_image
+from latentlm_jax.image_metrics.float_images import FloatImageFile
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 class ImageSet:
-    """The images of a folder (sorted paths) or a manifest (file order), decoded lazily."""
+    """The images of a folder (sorted paths), a manifest (file order) or a ``.npy`` of floats
+    (row order), read lazily."""
 
     def __init__(self, spec: str, flag: str):
         self.spec = spec
         self._files: list[str] | None = None
         self._manifest: ManifestSource | None = None
-        if paths.is_dir(spec):
+        self._floats: FloatImageFile | None = None
+        if spec.lower().endswith(".npy"):
+            self._floats = FloatImageFile(spec, flag)  # its header checked here
+        elif paths.is_dir(spec):
             self._files = [f for f in paths.find_files(spec)
                            if f.lower().endswith(IMAGE_EXTENSIONS)]
             if not self._files:
@@ -42,16 +49,22 @@ class ImageSet:
             raise ConfigError("", f"{flag} {spec}: no such folder or manifest")
 
     @property
-    def is_folder(self) -> bool:
-        """A folder's length is its image count; a manifest's only bounds it."""
-        return self._files is not None
+    def exact_count(self) -> bool:
+        """A folder's or a ``.npy``'s length is its image count; a manifest's only bounds it."""
+        return self._manifest is None
 
     def __len__(self) -> int:
-        """Image files of a folder; lines of a manifest (those without an image are skipped)."""
+        """Image files of a folder; lines of a manifest (those without an image are skipped);
+        images of a ``.npy``."""
+        if self._floats is not None:
+            return len(self._floats)
         return len(self._files) if self._files is not None else len(self._manifest)
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        """uint8 ``[H, W, 3]`` per image."""
+        """uint8 ``[H, W, 3]`` per image file; float32 ``[H, W, 3]`` in [0, 1] per ``.npy`` row."""
+        if self._floats is not None:
+            yield from self._floats
+            return
         if self._files is not None:
             for f in self._files:
                 yield load_image(f, None)
@@ -64,8 +77,9 @@ class ImageSet:
 
 
 def batches(images: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
-    """uint8 ``[b, H, W, 3]`` batches of at most ``size`` images; a batch ends early where the
-    image size changes (sets of one size, the usual case, give full batches)."""
+    """``[b, H, W, 3]`` batches (uint8, or float32 from a ``.npy``) of at most ``size`` images; a
+    batch ends early where the image size changes (sets of one size, the usual case, give full
+    batches)."""
     pending: list[np.ndarray] = []
     for image in images:
         if pending and (len(pending) == size or image.shape != pending[0].shape):

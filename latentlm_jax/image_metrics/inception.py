@@ -27,6 +27,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 INPUT_SIZE = 299
@@ -211,13 +212,20 @@ class FIDInceptionV3(nnx.Module):
         return features, logits
 
 
+_PIXEL_TO_FLOAT = (np.arange(256, dtype=np.float32) / np.float32(255)).astype(np.float32)
+
+
 def to_inception_input(images: jax.Array, size: int = INPUT_SIZE) -> jax.Array:
     """uint8 ``[B, H, W, 3]`` (or floats in [0, 1]) → float32 ``[B, size, size, 3]`` in [-1, 1]:
     bilinear, half-pixel centres, no antialiasing (``F.interpolate(..., mode="bilinear",
-    align_corners=False)``, what pytorch-fid runs), then ``2x - 1``."""
-    x = images.astype(jnp.float32)
+    align_corners=False)``, what pytorch-fid runs), then ``2x - 1``. A pixel k becomes float32
+    k/255 correctly rounded (pytorch-fid's ``ToTensor``), so floats that are exactly k/255 (a
+    ``.npy`` of the same images) give the same input: looked up in a table, because XLA turns
+    ``x / 255`` into ``x · (1/255)``, one ulp off for some k."""
     if images.dtype == jnp.uint8:
-        x = x / 255.0
+        x = jnp.asarray(_PIXEL_TO_FLOAT)[images]
+    else:
+        x = images.astype(jnp.float32)
     if x.shape[1:3] != (size, size):
         x = jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), "bilinear",
                              antialias=False)
