@@ -324,14 +324,17 @@ def test_imagenet_sizes_match_the_authors_parameter_counts(size, shape):
     ours = parameter_counts(c)
     theirs = authors_parameters(*shape)
     assert ours["modules"]["label_embed"] == theirs["labels"]
-    # Ours adds learnable RMSNorm scales (2 per block + final; the head's condition, per-block
-    # and final norms), adaLN biases and an unused 264-id text embedding + LM head; theirs has
-    # the two embedders' biases.
-    norms = (2 * depth + 1) * h + (head_depth + 2) * h
+    # Norms without gains, as theirs (model.norm_scale=False). Ours adds adaLN biases and an
+    # unused 264-id text embedding + LM head; theirs has the two embedders' biases.
+    assert not c.model.norm_scale
     ada_bias = (3 * head_depth + 2) * h
     text = 2 * c.model.vocab_size * h
-    assert ours["total"] - sum(theirs.values()) == norms + ada_bias + text - 2 * h
-    assert ours["modules"]["decoder"] - (2 * depth + 1) * h == theirs["blocks"]
+    assert ours["total"] - sum(theirs.values()) == ada_bias + text - 2 * h
+    assert ours["modules"]["decoder"] == theirs["blocks"]
+    # with learned gains (2 per block + final; the head's condition, per-block and final norms)
+    c.model.norm_scale = True
+    norms = (2 * depth + 1) * h + (head_depth + 2) * h
+    assert parameter_counts(c)["total"] - ours["total"] == norms
 
 
 def test_imagenet_vae_makes_256_latents_of_16_dims():
