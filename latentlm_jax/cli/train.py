@@ -53,8 +53,10 @@ def check_input_files(config: mlc.ConfigDict, workdir: str = "") -> None:
         check_latents(config, shards)
         from latentlm_jax.data.latent_noise import make_latent_noise
 
-        # old-format folders under data.latent_noise=fresh: refused before the workdir is made
-        make_latent_noise(config.data.latent_noise, config.data.seed, shards)
+        # old-format folders under data.latent_noise=fresh, and shards without stats under
+        # data.latent_normalisation=scalar: refused before the workdir is made
+        make_latent_noise(config.data.latent_noise, config.data.seed, shards,
+                          config.data.get("latent_normalisation", "per_dim"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -184,7 +184,8 @@ def resolve_latents_dir(config: mlc.ConfigDict) -> dict[str, Any] | None:
     if not files:
         raise ConfigError("data.latents_dir", f"{path} lists no latents")
     # stored samples under data.latent_noise=fresh: one line now, before anything is written
-    make_latent_noise(d.get("latent_noise", "fresh"), d.seed, files)
+    make_latent_noise(d.get("latent_noise", "fresh"), d.seed, files,
+                      d.get("latent_normalisation", "per_dim"))
     _fill(config, "data.latent_files", tuple(files), path)
     _fill(config, "data.latent_stats_dir", root, path)
     return desc
