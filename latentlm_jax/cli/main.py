@@ -68,8 +68,14 @@ def user_error(exc: BaseException) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     from latentlm_jax.cli.platforms import default_to_cpu_without_accelerator
     from latentlm_jax.config.loading import split_config_args
+    from latentlm_jax.host_malloc import retain_freed_memory
 
     default_to_cpu_without_accelerator()  # before JAX starts: libtpu stays quiet on a CPU host
+    try:  # before JAX starts its CPU threads: their temporaries reuse freed memory, no page faults
+        retain_freed_memory()
+    except ValueError as e:
+        print(f"latentlm: error: {e}", file=sys.stderr)
+        return 2
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         rest, overrides = split_config_args(argv)

@@ -1,0 +1,103 @@
+"""latentlm_jax/host_malloc.py: freed host memory is kept for the next execution on a CPU host."""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import jax  # noqa: F401  (imported before the tests below, as in any process that runs JAX)
+import pytest
+
+from latentlm_jax import host_malloc
+from tests.helpers import LM_TINY, latentlm_command, one_device_env
+
+# Runs a jitted function whose temporaries are one ~250 MB block twice, after (or without)
+# retain_freed_memory, and reports the minor page faults of the second run.
+_PROBE = """
+import json, resource, sys
+from latentlm_jax.host_malloc import retain_freed_memory
+applied = retain_freed_memory()
+import jax, jax.numpy as jnp
+rows = 65_536  # [rows, 128] float32: 32 MB per intermediate, 8 of them live at the end
+def f(x, w):
+    ys = [x]
+    for _ in range(8):
+        ys.append(jnp.tanh(ys[-1] @ w))
+    return sum(y * (i + 1) for i, y in enumerate(ys[1:]))
+spec = [jax.ShapeDtypeStruct((rows, 128), jnp.float32),
+        jax.ShapeDtypeStruct((128, 128), jnp.float32)]
+fn = jax.jit(f).lower(*spec).compile()
+temp = fn.memory_analysis().temp_size_in_bytes
+x = jnp.linspace(-1.0, 1.0, rows * 128, dtype=jnp.float32).reshape(rows, 128)
+w = jnp.linspace(-0.1, 0.1, 128 * 128, dtype=jnp.float32).reshape(128, 128)
+first = fn(x, w).block_until_ready()
+first_sum = float(first.sum())
+del first  # its block is freed too: the second output can reuse it
+r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+second = fn(x, w).block_until_ready()
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0
+print(json.dumps({"applied": applied, "faults": faults, "temp_pages": temp // 4096,
+                  "out_pages": second.nbytes // 4096,
+                  "same": first_sum == float(second.sum()), "sum": first_sum}))
+"""
+
+glibc_linux = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="mallopt is glibc's")
+
+
+def _probe(choice: str) -> dict:
+    env = dict(one_device_env(), LATENTLM_HOST_MALLOC=choice)
+    out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@glibc_linux
+@pytest.mark.slow
+def test_second_execution_reuses_freed_temporaries_without_page_faults():
+    retained, system = _probe("retain"), _probe("system")
+    assert retained["applied"] and not system["applied"]
+    assert retained["temp_pages"] > 40_000  # the probe's temporaries are one big block
+    # glibc's default maps the block afresh and faults every page of it back in ...
+    assert system["faults"] >= system["temp_pages"], system
+    # ... kept, the second execution's temporaries are memory that is already mapped (its output,
+    # a block of its own, may still be new)
+    assert retained["faults"] <= retained["out_pages"] + 1024, retained
+    assert retained["same"] and system["same"]
+    assert retained["sum"] == system["sum"]  # how memory is allocated never changes a result
+
+
+@pytest.mark.parametrize("value, first_is_cpu", [
+    ("cpu", True), ("CPU", True), ("cpu,tpu", True), (" cpu ", True),
+    ("tpu,cpu", False), ("cuda", False), ("", False), (None, False)])
+def test_host_is_the_device_reads_jax_platforms(value, first_is_cpu):
+    environ = {} if value is None else {"JAX_PLATFORMS": value}
+    assert host_malloc.host_is_the_device(environ) is first_is_cpu
+
+
+def test_nothing_changes_where_it_cannot_or_must_not_apply():
+    # this test process has imported JAX already: its threads may own arenas
+    assert "jax" in sys.modules
+    assert not host_malloc.retain_freed_memory({"JAX_PLATFORMS": "cpu"})
+    assert not host_malloc.retain_freed_memory({"JAX_PLATFORMS": "cpu",
+                                                "LATENTLM_HOST_MALLOC": "system"})
+    assert not host_malloc.retain_freed_memory({})  # an accelerator host
+
+
+def test_an_unknown_choice_is_an_error():
+    with pytest.raises(ValueError, match="LATENTLM_HOST_MALLOC='arena': expected one of retain, "
+                                         "system"):
+        host_malloc.retain_freed_memory({"JAX_PLATFORMS": "cpu", "LATENTLM_HOST_MALLOC": "arena"})
+
+
+@pytest.mark.slow
+def test_cli_reports_an_unknown_choice_in_one_line():
+    env = dict(one_device_env(), LATENTLM_HOST_MALLOC="arena")
+    out = subprocess.run(latentlm_command("describe", "--config", LM_TINY), env=env,
+                         capture_output=True, text=True, timeout=300, cwd=os.getcwd())
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "latentlm: error: LATENTLM_HOST_MALLOC='arena': expected one of retain, system"]
