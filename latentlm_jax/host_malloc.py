@@ -36,6 +36,13 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 
+_retained = False
+
+
+def retained() -> bool:
+    """Whether :func:`retain_freed_memory` has set this process's allocator."""
+    return _retained
+
 
 def host_is_the_device(environ: Mapping[str, str]) -> bool:
     """Whether JAX will compute on the host CPU: ``JAX_PLATFORMS`` names ``cpu`` first. Unset
@@ -63,6 +70,8 @@ def retain_freed_memory(environ: Mapping[str, str] | None = None) -> bool:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
+    global _retained
     done = [libc.mallopt(M_ARENA_MAX, 1), libc.mallopt(M_MMAP_MAX, 0),
             libc.mallopt(M_TRIM_THRESHOLD, -1)]
-    return all(r == 1 for r in done)
+    _retained = all(r == 1 for r in done)
+    return _retained

@@ -172,3 +172,5 @@ def test_the_cli_prints_every_figure_and_appends_one_json_line(tmp_path):
     assert 0 < r["mfu"] < 1.5 and 0 < r["part_head_mfu"] < 1.5
     assert 0.9 < r["xla_flops_per_step"] / r["flops_per_step"] < 1.2
     assert r["overrides"] == [f"{k}={v}" for k, v in SHRINK.items()]
+    # `latentlm` set the allocator before JAX started (latentlm_jax/host_malloc.py) and says so
+    assert r["host_malloc"] == "retain" and "; host malloc retain" in proc.stdout

@@ -12,8 +12,8 @@ import pytest
 from latentlm_jax import host_malloc
 from tests.helpers import LM_TINY, latentlm_command, one_device_env
 
-# Runs a jitted function whose temporaries are one ~250 MB block twice, after (or without)
-# retain_freed_memory, and reports the minor page faults of the second run.
+# Runs a jitted function whose temporaries are one ~250 MB block 16 times, after (or without)
+# retain_freed_memory, and reports the minor page faults of each run after the first.
 _PROBE = """
 import json, resource, sys
 from latentlm_jax.host_malloc import retain_freed_memory
@@ -31,15 +31,17 @@ fn = jax.jit(f).lower(*spec).compile()
 temp = fn.memory_analysis().temp_size_in_bytes
 x = jnp.linspace(-1.0, 1.0, rows * 128, dtype=jnp.float32).reshape(rows, 128)
 w = jnp.linspace(-0.1, 0.1, 128 * 128, dtype=jnp.float32).reshape(128, 128)
-first = fn(x, w).block_until_ready()
-first_sum = float(first.sum())
-del first  # its block is freed too: the second output can reuse it
-r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-second = fn(x, w).block_until_ready()
-faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0
-print(json.dumps({"applied": applied, "faults": faults, "temp_pages": temp // 4096,
-                  "out_pages": second.nbytes // 4096,
-                  "same": first_sum == float(second.sum()), "sum": first_sum}))
+sums, faults = [], []
+for _ in range(16):
+    r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    out = fn(x, w).block_until_ready()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
+    sums.append(float(out.sum()))
+    del out  # freed, like a step's temporaries: the next run may reuse the block
+from latentlm_jax.host_malloc import retained
+assert retained() == applied
+print(json.dumps({"applied": applied, "faults": faults[1:], "temp_pages": temp // 4096,
+                  "out_pages": rows * 128 * 4 // 4096, "sums": sums}))
 """
 
 glibc_linux = pytest.mark.skipif(
@@ -57,17 +59,22 @@ def _probe(choice: str) -> dict:
 
 @glibc_linux
 @pytest.mark.slow
-def test_second_execution_reuses_freed_temporaries_without_page_faults():
+def test_later_executions_reuse_freed_temporaries_without_page_faults():
     retained, system = _probe("retain"), _probe("system")
     assert retained["applied"] and not system["applied"]
-    assert retained["temp_pages"] > 40_000  # the probe's temporaries are one big block
-    # glibc's default maps the block afresh and faults every page of it back in ...
-    assert system["faults"] >= system["temp_pages"], system
-    # ... kept, the second execution's temporaries are memory that is already mapped (its output,
-    # a block of its own, may still be new)
-    assert retained["faults"] <= retained["out_pages"] + 1024, retained
-    assert retained["same"] and system["same"]
-    assert retained["sum"] == system["sum"]  # how memory is allocated never changes a result
+    pages = retained["temp_pages"]
+    assert pages > 40_000  # the probe's temporaries are one big block
+    # glibc's default maps the block afresh and faults every page of it back in, every run ...
+    assert all(f >= pages for f in system["faults"]), system
+    # ... kept, the runs reuse blocks that are already mapped. Python's own allocations share the
+    # heap and now and then split a freed block, so the heap grows a few times (measured: 0-2 of
+    # the 15 runs fault their temporaries; the demo's train loop: none after its first 50
+    # steps, docs/benchmarks.md finding 8); most runs fault nothing but perhaps their output.
+    clean = [f <= retained["out_pages"] + 1024 for f in retained["faults"]]
+    assert sum(clean) >= 10, retained
+    assert sum(retained["faults"]) < 0.4 * sum(system["faults"]), retained
+    # how memory is allocated never changes a result
+    assert len(set(retained["sums"] + system["sums"])) == 1
 
 
 @pytest.mark.parametrize("value, first_is_cpu", [
@@ -85,6 +92,7 @@ def test_nothing_changes_where_it_cannot_or_must_not_apply():
     assert not host_malloc.retain_freed_memory({"JAX_PLATFORMS": "cpu",
                                                 "LATENTLM_HOST_MALLOC": "system"})
     assert not host_malloc.retain_freed_memory({})  # an accelerator host
+    assert not host_malloc.retained()
 
 
 def test_an_unknown_choice_is_an_error():

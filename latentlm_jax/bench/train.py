@@ -24,6 +24,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from latentlm_jax import host_malloc
 from latentlm_jax.config.loading import ConfigError
 from latentlm_jax.parallel.logical import activation_rules
 from latentlm_jax.train.flops import calibrate_peak_tflops, lm_flops_split
@@ -163,6 +164,7 @@ def bench_train(config: mlc.ConfigDict, *, steps: int = 5, warmup: int = 2,
     tflops = flops / step_s / n_dev / 1e12
     out: dict[str, Any] = {
         "kind": "bench_train", "jax": jax.__version__, "platform": devices[0].platform,
+        "host_malloc": "retain" if host_malloc.retained() else "system",
         "devices": n_dev, "processes": jax.process_count(),
         "dtype": config.model.dtype, "scan_layers": bool(config.model.scan_layers),
         "remat_policy": config.model.remat_policy, "attention": config.model.attention,
@@ -266,7 +268,8 @@ def report_lines(out: dict[str, Any], config: mlc.ConfigDict) -> list[str]:
         f"attention={out['attention']}",
         f"devices: {out['devices']} × {out['platform']} (jax {out['jax']}); batch "
         f"{out['batch']} × {out['seq_len']} ({out['tokens_per_step']:,} tokens, "
-        f"{out['latent_tokens_per_step']:,.0f} latent targets); data.source={out['data_source']}",
+        f"{out['latent_tokens_per_step']:,.0f} latent targets); data.source={out['data_source']}"
+        f"; host malloc {out['host_malloc']}",
         f"compile: step {out['compile_s']:.1f} s, parts {out['parts_compile_s']:.1f} s "
         f"(not in the timings)",
         f"timed: {out['steps']} steps after {out['warmup']} warm-up",
