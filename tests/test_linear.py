@@ -64,3 +64,45 @@ def test_cpu_path_has_the_barrier_and_other_platforms_do_not(monkeypatch):
 def test_mismatched_shapes_are_an_error():
     with pytest.raises(ValueError, match="do not contract"):
         linear(jnp.ones((2, 3)), jnp.ones((4, 5)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+@pytest.mark.parametrize("y_shape,b_shape", [((6, 5), (5,)), ((2, 3, 7, 4, 6), (4, 6))])
+def test_add_bias_matches_autodiff(dtype, y_shape, b_shape):
+    ky, kb, kc = jax.random.split(jax.random.key(1), 3)
+    y = jax.random.normal(ky, y_shape).astype(dtype)
+    b = jax.random.normal(kb, b_shape)  # a float32 parameter, cast to y's dtype in the sum
+    c = jax.random.normal(kc, y_shape)
+
+    def loss(f, y, b):
+        return jnp.sum(c * f(y, b).astype(jnp.float32))
+
+    plain = lambda y, b: y + b.astype(y.dtype)  # noqa: E731
+    out = linear_lib.add_bias(y, b)
+    assert out.dtype == dtype and out.shape == y_shape
+    np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(plain(y, b), np.float32))
+    got = jax.jit(jax.grad(lambda y, b: loss(linear_lib.add_bias, y, b), argnums=(0, 1)))(y, b)
+    # the reference: the plain sum's gradients, with the bias gradient accumulated in float32
+    dy_ref = jax.grad(lambda y: loss(plain, y, b))(y)
+    db_ref = np.asarray(c, np.float64).reshape(-1, *b_shape).sum(0)
+    assert got[0].dtype == dtype and got[1].dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(got[0], np.float32), np.asarray(dy_ref, np.float32))
+    # float32 sums of bf16-rounded cotangents: within a 16-bit rounding of the exact sum
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    np.testing.assert_allclose(np.asarray(got[1]), db_ref, rtol=tol,
+                               atol=tol * np.abs(db_ref).max())
+
+
+def test_add_bias_takes_the_matmul_path_only_on_cpu_in_16_bits(monkeypatch):
+    y16, y32, b = jnp.ones((4, 3), jnp.bfloat16), jnp.ones((4, 3)), jnp.ones((3,))
+    hlo = lambda y: jax.jit(jax.grad(  # noqa: E731
+        lambda y, b: linear_lib.add_bias(y, b).astype(jnp.float32).sum(), argnums=1)).lower(
+            y, b).as_text()
+    assert "dot_general" in hlo(y16) and "dot_general" not in hlo(y32)
+    monkeypatch.setattr(linear_lib, "target_platform", lambda: "tpu")
+    assert "dot_general" not in hlo(y16)
+
+
+def test_add_bias_refuses_a_bias_that_does_not_match():
+    with pytest.raises(ValueError, match=r"add_bias: y \(4, 3\) does not end in b \(4,\)"):
+        linear_lib.add_bias(jnp.ones((4, 3)), jnp.ones((4,)))

@@ -28,7 +28,7 @@ from flax import nnx
 
 from latentlm_jax.diffusion.embedding import timestep_embedding
 from latentlm_jax.models.layers import Dense, RMSNorm, SwiGLU
-from latentlm_jax.models.linear import linear
+from latentlm_jax.models.linear import add_bias, linear
 from latentlm_jax.parallel.logical import constrain, param
 
 
@@ -50,7 +50,7 @@ class AdaLN(nnx.Module):
     def __call__(self, silu_c: jax.Array) -> jax.Array:
         dt = self.dtype
         out = linear(silu_c.astype(dt), self.kernel[...].astype(dt))
-        return out + self.bias[...].astype(dt)
+        return add_bias(out, self.bias[...])
 
 
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:

@@ -13,6 +13,8 @@ ones autodiff would emit, so results agree to float rounding (tests/test_linear.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -57,3 +59,39 @@ def linear(x: jax.Array, w: jax.Array) -> jax.Array:
     if target_platform() == "cpu":
         return _linear_cpu(x, w)
     return _forward(x, w)
+
+
+
+@jax.custom_vjp
+def _add_bias_cpu(y: jax.Array, b: jax.Array) -> jax.Array:
+    return y + b.astype(y.dtype)
+
+
+def _add_bias_cpu_fwd(y: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return _add_bias_cpu(y, b), jnp.zeros((0, *b.shape), b.dtype)  # b's shape and dtype, no data
+
+
+def _add_bias_cpu_bwd(res: jax.Array, dy: jax.Array) -> tuple[jax.Array, jax.Array]:
+    b_shape = res.shape[1:]
+    dy2 = dy.reshape(-1, math.prod(b_shape))
+    # db = Σ_rows dy as a [1, rows] · [rows, n] matmul accumulated in float32
+    db = jnp.dot(jnp.ones((1, dy2.shape[0]), dy.dtype), dy2, preferred_element_type=jnp.float32)
+    return dy, db.reshape(b_shape).astype(res.dtype)
+
+
+_add_bias_cpu.defvjp(_add_bias_cpu_fwd, _add_bias_cpu_bwd)
+
+
+def add_bias(y: jax.Array, b: jax.Array) -> jax.Array:
+    """``y + b`` (``b`` broadcast over ``y``'s leading axes, cast to ``y``'s dtype).
+
+    On CPU in a 16-bit dtype the bias gradient Σ dy over every leading axis is computed as a
+    matmul with a row of ones, accumulated and returned in float32 (autodiff's would be rounded
+    to 16 bits first). XLA:CPU splits a low-precision reduction that large into reduce-windows,
+    which took 51 ms each for the diffusion head's adaLN biases of ``configs/bench_ref.py`` in
+    bfloat16 (docs/benchmarks.md, profile finding 9). Elsewhere it is the plain sum."""
+    if y.shape[y.ndim - b.ndim:] != b.shape:
+        raise ValueError(f"add_bias: y {y.shape} does not end in b {b.shape}")
+    if target_platform() == "cpu" and jnp.dtype(y.dtype).itemsize < 4:
+        return _add_bias_cpu(y, b)
+    return y + b.astype(y.dtype)
