@@ -12,7 +12,7 @@ import pytest
 from latentlm_jax import host_malloc
 from tests.helpers import LM_TINY, latentlm_command, one_device_env
 
-# Runs a jitted function whose temporaries are one ~250 MB block 16 times, after (or without)
+# Runs a jitted function whose temporaries are one ~224 MB block 16 times, after (or without)
 # retain_freed_memory, and reports the minor page faults of each run after the first.
 _PROBE = """
 import json, resource, sys

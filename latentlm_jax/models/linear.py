@@ -61,7 +61,6 @@ def linear(x: jax.Array, w: jax.Array) -> jax.Array:
     return _forward(x, w)
 
 
-
 @jax.custom_vjp
 def _add_bias_cpu(y: jax.Array, b: jax.Array) -> jax.Array:
     return y + b.astype(y.dtype)
