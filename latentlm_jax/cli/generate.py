@@ -276,7 +276,7 @@ def _text_to_media(args, requests: list[PromptRequest], model, config, step: int
 
 def _caption(args, model, config, tok, opts, key, devices: list) -> int:
     from latentlm_jax.data.bad_input import BadInput
-    from latentlm_jax.data.media import load_audio, load_image
+    from latentlm_jax.data.media import DEFAULT_IMAGE_CROP, load_audio, load_image
     from latentlm_jax.generate.codecs import MediaCodec
     from latentlm_jax.generate.generator import Generator
     from latentlm_jax.modality import AUDIO, IMAGE
@@ -284,7 +284,7 @@ def _caption(args, model, config, tok, opts, key, devices: list) -> int:
     modality = IMAGE if args.image else AUDIO
     codec = MediaCodec(config, modality, devices)
     v = codec.vae_config.vae  # load the input as the σ-VAE takes it (size, crop)
-    crop = codec.vae_config.data.get("image_crop", "bicubic_square")
+    crop = codec.vae_config.data.get("image_crop", DEFAULT_IMAGE_CROP)
     try:
         media = (load_image(args.image, v.image.resolution, crop=crop) if args.image
                  else load_audio(args.audio, v.audio.sample_rate, v.audio.num_samples))

@@ -51,12 +51,11 @@ def check_input_files(config: mlc.ConfigDict, workdir: str = "") -> None:
         except ValueError as e:  # none given, or in a bucket (URL_SHARDS)
             raise ConfigError("data.latent_files", str(e)) from e
         check_latents(config, shards)
-        from latentlm_jax.data.latent_noise import make_latent_noise
+        from latentlm_jax.data.latent_noise import latent_noise_of
 
         # old-format folders under data.latent_noise=fresh, and shards without stats under
         # data.latent_normalisation=scalar: refused before the workdir is made
-        make_latent_noise(config.data.latent_noise, config.data.seed, shards,
-                          config.data.get("latent_normalisation", "per_dim"))
+        latent_noise_of(config.data, shards)
 
 
 def run(args: argparse.Namespace) -> int:

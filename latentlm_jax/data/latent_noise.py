@@ -45,6 +45,7 @@ from latentlm_jax.modality import MODALITY_NAMES
 
 MODES = ("fresh", "frozen")
 NORMALISATIONS = ("per_dim", "scalar")
+DEFAULT_NORMALISATION = "per_dim"
 STORED_MEAN, STORED_SAMPLE = "mean", "sample"
 SIGMA_SCALE = 0.8  # σ = n·vae_std/0.8, as vae/codec.py (tests/test_latent_noise.py checks both)
 # Stream tags: the fresh and frozen generators never share a seed tuple.
@@ -189,7 +190,7 @@ class LatentNoise:
 
 
 def make_latent_noise(mode: str, seed: int, shards: Sequence[str],
-                      normalisation: str = "per_dim") -> LatentNoise | None:
+                      normalisation: str = DEFAULT_NORMALISATION) -> LatentNoise | None:
     """The noise (and re-map, ``data.latent_normalisation=normalisation``) of ``shards`` under
     ``data.latent_noise=mode``; ``None`` when there is nothing to do. Stored samples under
     ``"fresh"``, and shards without stats under ``"scalar"``, are a :class:`ConfigError`."""
@@ -238,6 +239,11 @@ def latent_noise_for(data: Any, source: Any) -> LatentNoise | None:
     ``data.source="latents"`` reads shards that store μ)."""
     if data.source != "latents":
         return None
-    return make_latent_noise(data.get("latent_noise", "fresh"), int(data.seed),
-                             getattr(source, "paths", ()),
-                             data.get("latent_normalisation", "per_dim"))
+    return latent_noise_of(data, getattr(source, "paths", ()))
+
+
+def latent_noise_of(data: Any, shards: Sequence[str]) -> LatentNoise | None:
+    """:func:`make_latent_noise` of ``shards`` as the data config says (``latent_noise``,
+    ``seed``, ``latent_normalisation``; configs written before a field existed get its default)."""
+    return make_latent_noise(data.get("latent_noise", "fresh"), int(data.seed), shards,
+                             data.get("latent_normalisation", DEFAULT_NORMALISATION))

@@ -34,7 +34,7 @@ import ml_collections as mlc
 
 from latentlm_jax import paths
 from latentlm_jax.config.loading import ConfigError
-from latentlm_jax.data.latent_noise import STORED_SAMPLE, make_latent_noise
+from latentlm_jax.data.latent_noise import STORED_SAMPLE, latent_noise_of
 from latentlm_jax.modality import LATENT_DIM_FIELDS, LATENT_MODALITIES, MODALITY_NAMES
 
 DESCRIPTOR = "latents.json"
@@ -183,9 +183,9 @@ def resolve_latents_dir(config: mlc.ConfigDict) -> dict[str, Any] | None:
                                               f"{SPAN_OVERHEAD} tokens (need ≥ {need})")
     if not files:
         raise ConfigError("data.latents_dir", f"{path} lists no latents")
-    # stored samples under data.latent_noise=fresh: one line now, before anything is written
-    make_latent_noise(d.get("latent_noise", "fresh"), d.seed, files,
-                      d.get("latent_normalisation", "per_dim"))
+    # stored samples under data.latent_noise=fresh (or no stats under
+    # data.latent_normalisation=scalar): one line now, before anything is written
+    latent_noise_of(d, files)
     _fill(config, "data.latent_files", tuple(files), path)
     _fill(config, "data.latent_stats_dir", root, path)
     return desc

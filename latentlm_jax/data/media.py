@@ -119,7 +119,6 @@ def prepare_image_array(array: np.ndarray, resolution: int | None,
                         max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
                         crop: str = DEFAULT_IMAGE_CROP) -> np.ndarray:
     """A decoded ``uint8`` image ``[H, W]``, ``[H, W, 1|2|3|4]`` -> ``uint8[res, res, 3]``."""
-    check_crop(crop)
     a = np.asarray(array)
     if a.dtype != np.uint8:
         raise BadInput("bad_field", f"image array must be uint8, got {a.dtype}")

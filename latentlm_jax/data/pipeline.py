@@ -29,6 +29,7 @@ from latentlm_jax.data.bad_input import (
     attach_skip_counts,
 )
 from latentlm_jax.data.latent_noise import latent_noise_for
+from latentlm_jax.data.media import DEFAULT_IMAGE_CROP
 from latentlm_jax.data.packing import (
     Document,
     DocumentTooLong,
@@ -115,7 +116,7 @@ def _open_source(d: mlc.ConfigDict, only: str | None):
                               sample_rate=d.sample_rate, num_samples=d.audio_samples,
                               max_image_pixels=d.max_image_pixels, only=only,
                               label=d.get("label", ""),
-                              image_crop=d.get("image_crop", "bicubic_square"))
+                              image_crop=d.get("image_crop", DEFAULT_IMAGE_CROP))
     if d.source == "tfds":
         from latentlm_jax.data.tfds_source import TfdsSource
 
@@ -125,7 +126,7 @@ def _open_source(d: mlc.ConfigDict, only: str | None):
                           source_sample_rate=d.tfds_sample_rate or None,
                           max_image_pixels=d.max_image_pixels, only=only,
                           label=d.get("label", ""),
-                          image_crop=d.get("image_crop", "bicubic_square"))
+                          image_crop=d.get("image_crop", DEFAULT_IMAGE_CROP))
     if d.source == "latents":
         from latentlm_jax.data.array_record_source import LatentArrayRecordSource
 

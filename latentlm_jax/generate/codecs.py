@@ -33,7 +33,7 @@ from latentlm_jax.data.encode_latents import (
     normalise,
     to_sequence,
 )
-from latentlm_jax.data.latent_noise import stats_for
+from latentlm_jax.data.latent_noise import DEFAULT_NORMALISATION, stats_for
 from latentlm_jax.modality import IMAGE, MODALITY_NAMES
 from latentlm_jax.train.checkpoint_io import inference_mesh, load_model, load_run_config
 from latentlm_jax.vae.config import audio_latent_shape, image_latent_shape
@@ -93,7 +93,7 @@ class MediaCodec:
         # The normalisation the run trained with (data.latent_normalisation, from its config):
         # encode and decode use the same per-dim or scalar statistics.
         self.stats = stats_for(load_stats(stats_dir(config), self.name),
-                               config.data.get("latent_normalisation", "per_dim"))
+                               config.data.get("latent_normalisation", DEFAULT_NORMALISATION))
 
     def grid(self) -> tuple[int, ...]:
         """The latent grid of one example: (h, w, D) for images, (frames, D) for audio."""
