@@ -191,3 +191,27 @@ def test_splash_train_step_compiles_for_tpu(monkeypatch):
         lowered = setup.step_fn.lower(setup.abstract_state(), abstract_batch(setup, c))
     hlo = lowered.compile().as_text()
     assert "tpu_custom_call" in hlo
+
+
+@pytest.mark.parametrize("length,block", [(256, 64), (128, 64), (192, 64), (512, 128),
+                                          (1024, 256), (64, None), (100, None), (24, None)])
+def test_causal_query_block_on_cpu(length, block):
+    """The xla implementation's causal block skipping on CPU: up to 4 query blocks of at least
+    64 rows (docs/benchmarks.md, profile finding 10)."""
+    assert A.causal_query_block(length) == block
+
+
+@pytest.mark.multidevice
+def test_no_causal_query_blocks_when_the_length_is_sharded():
+    """Context parallelism shards queries along the length: no blocks that would slice it."""
+    from jax.sharding import Mesh
+
+    from latentlm_jax.parallel.logical import activation_rules
+
+    rules = base_config().sharding_rules
+    split = Mesh(np.array(jax.devices()[:2]).reshape(1, 2), ("fsdp", "context"))
+    whole = Mesh(np.array(jax.devices()[:2]).reshape(2, 1), ("fsdp", "context"))
+    with activation_rules(split, rules):
+        assert A.causal_query_block(256) is None
+    with activation_rules(whole, rules):
+        assert A.causal_query_block(256) == 64

@@ -62,3 +62,35 @@ def test_bias_is_causal_within_documents():
             & (np.arange(L)[None, :] <= np.arange(L)[:, None])[None])
     np.testing.assert_array_equal(allowed, want)
     assert np.all(bias[~np.broadcast_to(allowed[:, None, None], bias.shape)] == core.NEG_BIAS)
+
+
+@pytest.mark.parametrize("query_block", [6, 8, 12])
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 2e-6), (jnp.bfloat16, 6e-2)],
+                         ids=["f32", "bf16"])
+def test_causal_block_skipping_matches_whole(query_block, dtype, tol):
+    """Query blocks that meet only the keys up to their last row give the whole computation's
+    outputs and gradients: what they skip is masked anyway."""
+    rng = np.random.default_rng(query_block)
+    q, k, v = (jnp.asarray(rng.normal(size=(B, L, n, D)), dtype) for n in (4, 2, 2))
+    seg = jnp.asarray(SEGMENTS)
+    cot = jnp.asarray(rng.normal(size=(B, L, 4, D)), jnp.float32)
+
+    def blocked(q, k, v, seg):
+        out = core.attention(q, k, v, core.causal_bias(seg, seg), query_block=query_block)
+        return jnp.where((seg > 0)[:, :, None, None], out, 0)
+
+    got = _value_and_grads(blocked, q, k, v, seg, cot)
+    want = _value_and_grads(_fast, q, k, v, seg, cot)
+    for g, w in zip((got[0], *got[1]), (want[0], *want[1]), strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32),
+                                   rtol=0, atol=tol)
+
+
+def test_query_block_must_divide_a_self_attention_length():
+    q = jnp.zeros((1, L, 2, D))
+    bias = core.causal_bias(jnp.ones((1, L), jnp.int32), jnp.ones((1, L), jnp.int32))
+    with pytest.raises(ValueError, match="query_block 7"):
+        core.attention(q, q, q, bias, query_block=7)
+    with pytest.raises(ValueError, match="keys 12"):
+        core.attention(q, q[:, :12], q[:, :12], bias[..., :12], query_block=6)

@@ -40,6 +40,9 @@ from latentlm_jax.parallel.logical import (
 IMPLEMENTATIONS = ("xla", "dot_product", "splash")
 _NEG_INF = -1e30  # large finite negative: fully-masked rows stay NaN-free
 _SPLASH_BLOCKS = (512, 256, 128)  # tile sizes tried, largest first; 128 = the TPU lane width
+# xla on CPU: causal block skipping in at most this many query blocks of at least this many rows
+# (L = 256: 4 blocks of 64, 8.6% off the text-only bench step; 8 blocks of 32 gain nothing).
+_CPU_QUERY_BLOCKS, _CPU_MIN_QUERY_BLOCK = 4, 64
 
 
 # --- the reference ("xla") ----------------------------------------------------------------
@@ -91,7 +94,8 @@ def self_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Ar
     kv_segment = constrain(segment_ids, ("batch", None))
     if implementation == "xla":
         out = _zero_padding(attention_core.attention(
-            q, k, v, attention_core.causal_bias(segment_ids, kv_segment)), segment_ids)
+            q, k, v, attention_core.causal_bias(segment_ids, kv_segment),
+            query_block=causal_query_block(q.shape[1])), segment_ids)
     else:
         # Boolean same-document mask; causality comes from is_causal (cuDNN skips the blocks).
         same = segment_ids[:, None, :, None] == kv_segment[:, None, None, :]
@@ -99,6 +103,29 @@ def self_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Ar
                                            implementation=_dot_product_backend(q))
         out = _zero_padding(out, segment_ids)
     return constrain(out, ("batch", "length", "act_heads", "head_dim"))
+
+
+def causal_query_block(length: int) -> int | None:
+    """Rows per query block of the ``xla`` implementation's causal block skipping, or None.
+
+    Only on CPU, where it is measured (docs/benchmarks.md, profile finding 10), and only when
+    the sequence is whole on every device: with context parallelism queries are length-sharded
+    and slicing them would move data between devices."""
+    if target_platform() != "cpu" or _length_shards() > 1:
+        return None
+    for blocks in range(_CPU_QUERY_BLOCKS, 1, -1):
+        if length % blocks == 0 and length // blocks >= _CPU_MIN_QUERY_BLOCK:
+            return length // blocks
+    return None
+
+
+def _length_shards() -> int:
+    ctx = current_rules()
+    if ctx is None:
+        return 1
+    mesh, rules = ctx
+    spec = logical_to_mesh_spec(("length",), rules, mesh.axis_names)
+    return math.prod(mesh.shape[a] for a in _axes(spec[0] if len(spec) else None))
 
 
 def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,

@@ -10,7 +10,11 @@ still used for decoding), arranged for speed (docs/benchmarks.md, "profile findi
 - the mask is an additive float32 bias [B, 1, 1, L, S] built once per step (loop-invariant, so
   hoisted out of a layer scan), not two selects per layer;
 - the backward is written out (dV = Pᵀ dO; dS = P ⊙ (dP − rowsum(P ⊙ dP)); dQ = dS K; dK = dSᵀ Q)
-  from the saved probabilities P, which is what autodiff computes, minus the selects' backward.
+  from the saved probabilities P, which is what autodiff computes, minus the selects' backward;
+- causal block skipping (``query_block``): queries split into blocks of rows, and block i only
+  meets the keys up to its last row, so the all-masked upper triangle of blocks is never computed
+  (4 blocks: 5/8 of the score and value matmuls and of the [L, L] elementwise work). The bias
+  must be causal, as :func:`causal_bias` is: a key after a query's row is masked.
 
 Every query must see at least one key (true for causal self-attention: a query sees itself);
 padding queries (segment 0) see a row of −1e30 biases, get a uniform average and are zeroed by the
@@ -75,9 +79,23 @@ def _core_bwd(res, dout):
 _core.defvjp(_core_fwd, _core_bwd)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array,
+              query_block: int | None = None) -> jax.Array:
     """q [B, L, H, D]; k, v [B, S, K, D] (H % K == 0); bias from :func:`causal_bias`.
-    Returns [B, L, H, D] in q's dtype (rows whose bias is all ``NEG_BIAS`` are not zeroed here)."""
+    Returns [B, L, H, D] in q's dtype (rows whose bias is all ``NEG_BIAS`` are not zeroed here).
+
+    ``query_block`` (a divisor of L, with L == S): causal block skipping, query rows
+    [i·n, (i+1)·n) attend to keys [0, (i+1)·n) only. None: all queries meet all keys."""
     b, lq, h, d = q.shape
-    out = _core(*_heads_major(q, k, v), bias)  # [B, K, G, L, D]
+    qg, kt, vt = _heads_major(q, k, v)
+    if query_block is None or query_block >= lq:
+        out = _core(qg, kt, vt, bias)  # [B, K, G, L, D]
+    else:
+        if lq != k.shape[1] or lq % query_block:
+            raise ValueError(f"query_block {query_block} needs self-attention of a length it "
+                             f"divides; got queries {lq}, keys {k.shape[1]}")
+        n = query_block
+        out = jnp.concatenate([
+            _core(qg[:, :, :, i:i + n], kt[:, :, :i + n], vt[:, :, :i + n],
+                  bias[..., i:i + n, :i + n]) for i in range(0, lq, n)], axis=3)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, lq, h, d).astype(q.dtype)
