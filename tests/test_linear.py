@@ -1,5 +1,7 @@
 """models/linear.py: the CPU backward pass gives autodiff's gradients of a plain tensordot."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -106,3 +108,49 @@ def test_add_bias_takes_the_matmul_path_only_on_cpu_in_16_bits(monkeypatch):
 def test_add_bias_refuses_a_bias_that_does_not_match():
     with pytest.raises(ValueError, match=r"add_bias: y \(4, 3\) does not end in b \(4,\)"):
         linear_lib.add_bias(jnp.ones((4, 3)), jnp.ones((4,)))
+
+
+@pytest.mark.parametrize("x_shape,w_shape", [
+    ((2, 64, 48), (48, 24)),       # dW: x is the larger operand, dy is transposed
+    ((2, 64, 24), (24, 48)),       # dW: x is the smaller operand, x is transposed
+    ((2, 3, 16, 8), (8, 4, 3)),    # multi-dim output
+])
+def test_bfloat16_values_and_gradients_accumulate_in_float32(x_shape, w_shape):
+    """In bf16 every matmul (y, dx, dW) is the float32-accumulated product of the bf16 operands,
+    rounded once: against a float64 reference of the same bf16 inputs, within one bf16 rounding."""
+    kx, kw, kc = jax.random.split(jax.random.key(3), 3)
+    x = jax.random.normal(kx, x_shape).astype(jnp.bfloat16)
+    w = jax.random.normal(kw, w_shape).astype(jnp.bfloat16)
+    dy = jax.random.normal(kc, x_shape[:-1] + w_shape[1:]).astype(jnp.bfloat16)
+    y, vjp = jax.vjp(linear, x, w)
+    dx, dw = jax.jit(vjp)(dy)
+    x64, w64, dy64 = (np.asarray(a, np.float64) for a in (x, w, dy))
+    n_out = len(w_shape) - 1
+    want_y = np.tensordot(x64, w64, axes=1)
+    want_dx = np.tensordot(dy64, w64, axes=(list(range(x.ndim - 1, dy.ndim)),
+                                            list(range(1, 1 + n_out))))
+    want_dw = np.tensordot(x64, dy64, axes=(list(range(x.ndim - 1)), list(range(x.ndim - 1))))
+    for got, want in ((y, want_y), (dx, want_dx), (dw, want_dw)):
+        assert got.dtype == jnp.bfloat16 and got.shape == want.shape
+        # one rounding to bf16 (8 significant bits): |error| ≤ 2⁻⁸·|value| (+ f32 round-off)
+        err = np.abs(np.asarray(got, np.float64) - want)
+        assert np.all(err <= 2.0 ** -8 * np.abs(want) + 1e-4 * np.abs(want).max()), err.max()
+
+
+def test_bfloat16_matmuls_are_not_upcast():
+    """Every matmul of the compiled bf16 backward (dx and dW) takes bf16 operands: XLA:CPU upcasts
+    to float32 a bf16 dot it cannot give YNNPACK, one with a bf16 result or a transposed operand
+    (module docstring)."""
+    x = jnp.ones((512, 96), jnp.bfloat16)
+    w = jnp.ones((96, 160), jnp.bfloat16)
+    dy = jnp.ones((512, 160), jnp.bfloat16)
+    hlo = jax.jit(lambda x, w, dy: jax.vjp(linear, x, w)[1](dy)).lower(x, w, dy).compile().as_text()
+    entry = hlo[hlo.index("\nENTRY"):]
+    entry = entry[:entry.index("\n}")]  # the program's own instructions, not fusions' insides
+    dtype_of = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", entry))
+    matmuls = [line for line in entry.splitlines() if "__ynn_fusion" in line or " dot(" in line]
+    assert len(matmuls) == 2, entry
+    for line in matmuls:
+        operands = re.search(r"(?:fusion|dot)\(([^)]*)\)", line).group(1)
+        names = re.findall(r"%([\w.\-]+)", operands)
+        assert len(names) == 2 and all(dtype_of[n] == "bf16" for n in names), line

@@ -9,6 +9,18 @@ runs at a fraction of memory speed (a [8192, 1344] transpose took ~90 ms instead
 same happens to x when XLA recomputes its elementwise producer (a norm, a modulation) inside the
 transpose. An ``optimization_barrier`` on (x, dy) keeps both producers out; the matmuls are the same
 ones autodiff would emit, so results agree to float rounding (tests/test_linear.py).
+
+In 16-bit dtypes on CPU two more things decide the speed (docs/benchmarks.md, profile finding 11):
+
+- YNNPACK, XLA:CPU's fast matmul, takes 16-bit operands only with a float32 result. A bfloat16
+  dot with a bfloat16 result is upcast whole to float32 by jax 0.10's XLA (~200 GFLOP/s here
+  against ~390), so every matmul here accumulates in float32 and rounds its result once, as an
+  accelerator's matmul unit does.
+- YNNPACK also rejects a column-major operand, and XLA folds any transpose of a dW operand back
+  into the dot (it would be free for Eigen), so the bfloat16 dW again ran upcast, on Eigen. Here
+  the smaller of x and dy is transposed *and its rows reversed* — a reverse is not a transpose, so
+  XLA cannot fold it — and the product's rows are reversed back: the dot is a plain row-major
+  bfloat16 one (~1.7× faster).
 """
 
 from __future__ import annotations
@@ -25,13 +37,37 @@ def _forward(x: jax.Array, w: jax.Array) -> jax.Array:
     return jnp.tensordot(x, w, axes=1)
 
 
+def _is_16bit(x: jax.Array) -> bool:
+    return jnp.dtype(x.dtype).itemsize < 4
+
+
+def _tensordot_cpu(a: jax.Array, b: jax.Array, axes) -> jax.Array:
+    """tensordot; in 16 bits accumulated in float32 and rounded once (see the module docstring)."""
+    if _is_16bit(a):
+        return jnp.tensordot(a, b, axes=axes, preferred_element_type=jnp.float32).astype(a.dtype)
+    return jnp.tensordot(a, b, axes=axes)
+
+
+def _weight_gradient_cpu(x2: jax.Array, dy2: jax.Array) -> jax.Array:
+    """x2ᵀ·dy2 for x2 [T, a], dy2 [T, b] → [a, b] (float32 in 16-bit dtypes)."""
+    if not _is_16bit(x2):
+        # One 2-D xᵀ·dy: XLA:CPU runs it as one matmul with a transposed operand and no copy; a
+        # tensordot over the leading axes became a YNNPACK dot fed by a transpose copy.
+        return jnp.dot(x2.T, dy2)
+    # Transpose the smaller operand and reverse its rows; reverse the product's rows back.
+    f32 = jnp.float32
+    if x2.shape[1] <= dy2.shape[1]:
+        return jnp.flip(jnp.dot(jnp.flip(x2.T, 0), dy2, preferred_element_type=f32), 0)
+    return jnp.flip(jnp.dot(jnp.flip(dy2.T, 0), x2, preferred_element_type=f32), 0).T
+
+
 @jax.custom_vjp
 def _linear_cpu(x: jax.Array, w: jax.Array) -> jax.Array:
-    return _forward(x, w)
+    return _tensordot_cpu(x, w, 1)
 
 
 def _linear_cpu_fwd(x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return _forward(x, w), (x, w)
+    return _tensordot_cpu(x, w, 1), (x, w)
 
 
 def _linear_cpu_bwd(res: tuple[jax.Array, jax.Array], dy: jax.Array
@@ -39,11 +75,9 @@ def _linear_cpu_bwd(res: tuple[jax.Array, jax.Array], dy: jax.Array
     x, w = res
     x, dy = jax.lax.optimization_barrier((x, dy))
     out_axes = list(range(1, w.ndim))  # w [in, *out]; dy [..., *out]
-    dx = jnp.tensordot(dy, w, axes=(list(range(x.ndim - 1, dy.ndim)), out_axes))
-    # dW as one 2-D xᵀ·dy: XLA:CPU then runs it as one matmul with a transposed operand and no
-    # copy; a tensordot over the leading axes became a YNNPACK dot fed by a transpose copy.
+    dx = _tensordot_cpu(dy, w, (list(range(x.ndim - 1, dy.ndim)), out_axes))
     x2 = x.reshape(-1, x.shape[-1])
-    dw = jnp.dot(x2.T, dy.reshape(x2.shape[0], -1)).reshape(w.shape)
+    dw = _weight_gradient_cpu(x2, dy.reshape(x2.shape[0], -1)).reshape(w.shape)
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
