@@ -46,6 +46,12 @@ def _heads_major(q: jax.Array, k: jax.Array, v: jax.Array):
     return qg, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, S, D]
 
 
+def _matmul(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """einsum accumulated in float32, rounded once to a's dtype: what an accelerator's matmul does,
+    and the only 16-bit matmul XLA:CPU gives YNNPACK rather than upcasting (models/linear.py)."""
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(a.dtype)
+
+
 def _probs(qg: jax.Array, kt: jax.Array, bias: jax.Array) -> jax.Array:
     scale = 1.0 / jnp.sqrt(jnp.float32(qg.shape[-1]))
     s = jnp.einsum("bkgqd,bksd->bkgqs", qg, kt, preferred_element_type=jnp.float32)
@@ -55,12 +61,12 @@ def _probs(qg: jax.Array, kt: jax.Array, bias: jax.Array) -> jax.Array:
 @jax.custom_vjp
 def _core(qg: jax.Array, kt: jax.Array, vt: jax.Array, bias: jax.Array) -> jax.Array:
     p = _probs(qg, kt, bias)
-    return jnp.einsum("bkgqs,bksd->bkgqd", p.astype(vt.dtype), vt)
+    return _matmul("bkgqs,bksd->bkgqd", p.astype(vt.dtype), vt)
 
 
 def _core_fwd(qg, kt, vt, bias):
     p = _probs(qg, kt, bias)
-    out = jnp.einsum("bkgqs,bksd->bkgqd", p.astype(vt.dtype), vt)
+    out = _matmul("bkgqs,bksd->bkgqd", p.astype(vt.dtype), vt)
     return out, (qg, kt, vt, p)
 
 
@@ -68,11 +74,11 @@ def _core_bwd(res, dout):
     qg, kt, vt, p = res
     scale = 1.0 / jnp.sqrt(jnp.float32(qg.shape[-1]))
     dt = vt.dtype
-    dv = jnp.einsum("bkgqs,bkgqd->bksd", p.astype(dt), dout)
+    dv = _matmul("bkgqs,bkgqd->bksd", p.astype(dt), dout)
     dp = jnp.einsum("bkgqd,bksd->bkgqs", dout, vt, preferred_element_type=jnp.float32)
     ds = (p * (dp - jnp.sum(p * dp, axis=-1, keepdims=True)) * scale).astype(dt)
-    dq = jnp.einsum("bkgqs,bksd->bkgqd", ds, kt)
-    dk = jnp.einsum("bkgqs,bkgqd->bksd", ds, qg)
+    dq = _matmul("bkgqs,bksd->bkgqd", ds, kt)
+    dk = _matmul("bkgqs,bkgqd->bksd", ds, qg)
     return dq.astype(qg.dtype), dk.astype(kt.dtype), dv.astype(vt.dtype), None
 
 
