@@ -105,11 +105,14 @@ def lm_flops_split(config: mlc.ConfigDict) -> dict[str, float]:
 
 
 def calibrate_peak_tflops(dtype: str = "float32", size: int = 1024, repeats: int = 5) -> float:
-    """Measured matmul TFLOP/s of one local device (the CPU's cores are shared by its devices)."""
+    """Measured matmul TFLOP/s of one local device (the CPU's cores are shared by its devices).
+
+    bfloat16 is accumulated in float32 as the model's matmuls are (models/linear.py): XLA:CPU
+    upcasts a bf16 dot with a bf16 result to float32, which would halve the "peak" here."""
     dt = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
     device = jax.local_devices()[0]
     a = jax.device_put(jnp.ones((size, size), dt), device)
-    f = jax.jit(lambda x: x @ x)
+    f = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
     f(a).block_until_ready()
     best = float("inf")
     for _ in range(repeats):
