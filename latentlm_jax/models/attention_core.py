@@ -23,6 +23,8 @@ caller, so they pass no gradient back.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -58,27 +60,50 @@ def _probs(qg: jax.Array, kt: jax.Array, bias: jax.Array) -> jax.Array:
     return jax.nn.softmax(s * scale + bias, axis=-1)
 
 
-@jax.custom_vjp
-def _core(qg: jax.Array, kt: jax.Array, vt: jax.Array, bias: jax.Array) -> jax.Array:
-    p = _probs(qg, kt, bias)
-    return _matmul("bkgqs,bksd->bkgqd", p.astype(vt.dtype), vt)
+def _blocks(queries: int, keys: int, query_block: int | None) -> list[tuple[int, int, int]]:
+    """(first row, rows, keys met) of each query block: all keys without blocks, else the keys
+    up to the block's last row."""
+    if query_block is None:
+        return [(0, queries, keys)]
+    return [(i, query_block, i + query_block) for i in range(0, queries, query_block)]
 
 
-def _core_fwd(qg, kt, vt, bias):
-    p = _probs(qg, kt, bias)
-    out = _matmul("bkgqs,bksd->bkgqd", p.astype(vt.dtype), vt)
-    return out, (qg, kt, vt, p)
+def _block_fwd(qg, kt, vt, bias, i, n, e):
+    """One query block's probabilities and output, f32 [B, K, G, n, e] and [B, K, G, n, D]."""
+    p = _probs(qg[:, :, :, i:i + n], kt[:, :, :e], bias[..., i:i + n, :e])
+    return p, _matmul("bkgqs,bksd->bkgqd", p.astype(vt.dtype), vt[:, :, :e])
 
 
-def _core_bwd(res, dout):
-    qg, kt, vt, p = res
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _core(qg: jax.Array, kt: jax.Array, vt: jax.Array, bias: jax.Array,
+          query_block: int | None) -> jax.Array:
+    return _core_fwd(qg, kt, vt, bias, query_block)[0]
+
+
+def _core_fwd(qg, kt, vt, bias, query_block):
+    blocks = [_block_fwd(qg, kt, vt, bias, *block)
+              for block in _blocks(qg.shape[3], kt.shape[2], query_block)]
+    out = jnp.concatenate([o for _, o in blocks], axis=3) if len(blocks) > 1 else blocks[0][1]
+    return out, (qg, kt, vt, [p for p, _ in blocks])
+
+
+def _core_bwd(query_block, res, dout):
+    qg, kt, vt, probs = res
     scale = 1.0 / jnp.sqrt(jnp.float32(qg.shape[-1]))
     dt = vt.dtype
-    dv = _matmul("bkgqs,bkgqd->bksd", p.astype(dt), dout)
-    dp = jnp.einsum("bkgqd,bksd->bkgqs", dout, vt, preferred_element_type=jnp.float32)
-    ds = (p * (dp - jnp.sum(p * dp, axis=-1, keepdims=True)) * scale).astype(dt)
-    dq = _matmul("bkgqs,bksd->bkgqd", ds, kt)
-    dk = _matmul("bkgqs,bkgqd->bksd", ds, qg)
+    f32 = jnp.float32
+    dq, dk, dv = [], jnp.zeros(kt.shape, f32), jnp.zeros(vt.shape, f32)
+    for (i, n, e), p in zip(_blocks(qg.shape[3], kt.shape[2], query_block), probs, strict=True):
+        do = dout[:, :, :, i:i + n]
+        dp = jnp.einsum("bkgqd,bksd->bkgqs", do, vt[:, :, :e], preferred_element_type=f32)
+        ds = (p * (dp - jnp.sum(p * dp, axis=-1, keepdims=True)) * scale).astype(dt)
+        dq.append(_matmul("bkgqs,bksd->bkgqd", ds, kt[:, :, :e]))
+        # the key/value gradients of every block are summed in float32 and rounded once
+        dv = dv.at[:, :, :e].add(jnp.einsum("bkgqs,bkgqd->bksd", p.astype(dt), do,
+                                            preferred_element_type=f32))
+        dk = dk.at[:, :, :e].add(jnp.einsum("bkgqs,bkgqd->bksd", ds, qg[:, :, :, i:i + n],
+                                            preferred_element_type=f32))
+    dq = jnp.concatenate(dq, axis=3) if len(dq) > 1 else dq[0]
     return dq.astype(qg.dtype), dk.astype(kt.dtype), dv.astype(vt.dtype), None
 
 
@@ -93,15 +118,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array,
     ``query_block`` (a divisor of L, with L == S): causal block skipping, query rows
     [i·n, (i+1)·n) attend to keys [0, (i+1)·n) only. None: all queries meet all keys."""
     b, lq, h, d = q.shape
-    qg, kt, vt = _heads_major(q, k, v)
-    if query_block is None or query_block >= lq:
-        out = _core(qg, kt, vt, bias)  # [B, K, G, L, D]
-    else:
-        if lq != k.shape[1] or lq % query_block:
-            raise ValueError(f"query_block {query_block} needs self-attention of a length it "
-                             f"divides; got queries {lq}, keys {k.shape[1]}")
-        n = query_block
-        out = jnp.concatenate([
-            _core(qg[:, :, :, i:i + n], kt[:, :, :i + n], vt[:, :, :i + n],
-                  bias[..., i:i + n, :i + n]) for i in range(0, lq, n)], axis=3)
+    if query_block is not None and query_block >= lq:
+        query_block = None
+    if query_block is not None and (lq != k.shape[1] or lq % query_block):
+        raise ValueError(f"query_block {query_block} needs self-attention of a length it "
+                         f"divides; got queries {lq}, keys {k.shape[1]}")
+    out = _core(*_heads_major(q, k, v), bias, query_block)  # [B, K, G, L, D]
     return out.transpose(0, 3, 1, 2, 4).reshape(b, lq, h, d).astype(q.dtype)
