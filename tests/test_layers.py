@@ -234,3 +234,29 @@ def test_cached_decoding_equals_full_recomputation(scan):
     cached = np.concatenate(outs, axis=1)
     np.testing.assert_allclose(cached[0], full[0], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(cached[1, pad:], full[1, pad:], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)],
+                         ids=["f32", "bf16"])
+def test_tied_logits_and_their_gradients_match_numpy(dtype, tol):
+    """Embed.attend (x · Eᵀ through models/linear.py) and its gradients w.r.t. x and the table,
+    against float64 NumPy on the same (rounded) operands."""
+    from latentlm_jax.models.layers import Embed
+
+    emb = Embed(40, 16, init_std=1.0, dtype=dtype, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 5, 16)).astype(dtype)
+    cot = np.asarray(jax.random.normal(jax.random.key(2), (2, 5, 40)), np.float64)
+    graphdef, state = nnx.split(emb)
+
+    def loss(state, x):
+        out = nnx.merge(graphdef, state).attend(x)
+        return jnp.sum(out.astype(jnp.float32) * cot.astype(np.float32)), out
+
+    (_, out), (g_state, g_x) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(state, x)
+    table = np.asarray(emb.embedding[...].astype(dtype), np.float64)
+    x64 = np.asarray(x, np.float64)
+    assert out.dtype == dtype and out.shape == (2, 5, 40)
+    for got, want in ((out, x64 @ table.T), (g_x, cot @ table),
+                      (g_state["embedding"][...], np.einsum("blv,ble->ve", cot, x64))):
+        np.testing.assert_allclose(np.asarray(got, np.float64), want,
+                                   atol=tol * np.abs(want).max())

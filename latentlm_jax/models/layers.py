@@ -91,7 +91,8 @@ class Embed(nnx.Module):
         return constrain(out, ("batch", "length", "act_embed")) if out.ndim == 3 else out
 
     def attend(self, x: jax.Array) -> jax.Array:
-        return jnp.einsum("ble,ve->blv", x, self.embedding[...].astype(self.dtype))
+        """Logits against the tied table: ``x · Eᵀ`` through :func:`linear` (its CPU matmuls)."""
+        return linear(x.astype(self.dtype), self.embedding[...].astype(self.dtype).T)
 
 
 class Dense(nnx.Module):
