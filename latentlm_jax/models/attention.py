@@ -41,7 +41,7 @@ IMPLEMENTATIONS = ("xla", "dot_product", "splash")
 _NEG_INF = -1e30  # large finite negative: fully-masked rows stay NaN-free
 _SPLASH_BLOCKS = (512, 256, 128)  # tile sizes tried, largest first; 128 = the TPU lane width
 # xla on CPU: causal block skipping in at most this many query blocks of at least this many rows
-# (L = 256: 4 blocks of 64, 8.6% off the text-only bench step; 8 blocks of 32 gain nothing).
+# (L = 256: 4 blocks of 64, 5.4% off the text-only bench step; 8 blocks of 32 gain nothing).
 _CPU_QUERY_BLOCKS, _CPU_MIN_QUERY_BLOCK = 4, 64
 
 
