@@ -125,6 +125,6 @@ def add_bias(y: jax.Array, b: jax.Array) -> jax.Array:
     bfloat16 (docs/benchmarks.md, profile finding 9). Elsewhere it is the plain sum."""
     if y.shape[y.ndim - b.ndim:] != b.shape:
         raise ValueError(f"add_bias: y {y.shape} does not end in b {b.shape}")
-    if target_platform() == "cpu" and jnp.dtype(y.dtype).itemsize < 4:
+    if target_platform() == "cpu" and _is_16bit(y):
         return _add_bias_cpu(y, b)
     return y + b.astype(y.dtype)
