@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec
 
 from latentlm_jax.diffusion.loss import diffusion_loss
 from latentlm_jax.diffusion.schedules import make_schedule
-from latentlm_jax.models.diffusion_head import DiffusionHead
+from latentlm_jax.models.diffusion_head import DiffusionHead, split_modulations
 
 D, E, W = 6, 24, 32
 fwd = nnx.jit(lambda m, x, t, h: m(x, t, h))
@@ -147,3 +147,20 @@ def test_parameters_carry_logical_names():
     assert flat["['blocks'][0]['ada']['kernel']"] == PartitionSpec("embed", None, None)
     params = nnx.state(make_head(), nnx.Param)
     assert len(flat) == len(jax.tree.leaves(params))
+
+
+def test_split_modulations_is_the_slices_and_its_gradient_one_concatenate():
+    mod = jax.random.normal(jax.random.key(0), (2, 3, 5, 3, 4))
+    parts = split_modulations(mod)
+    assert len(parts) == 3
+    for i, part in enumerate(parts):
+        np.testing.assert_array_equal(part, mod[..., i, :])
+    weights = jnp.arange(1.0, 4.0)
+
+    def loss(m):
+        return sum(w * jnp.sum(p ** 2) for w, p in zip(weights, split_modulations(m), strict=True))
+
+    grad = jax.grad(loss)(mod)
+    np.testing.assert_allclose(grad, 2 * mod * weights[:, None], rtol=1e-6)
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss))(mod))
+    assert "concatenate" in jaxpr and " pad[" not in jaxpr

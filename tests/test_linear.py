@@ -69,45 +69,62 @@ def test_mismatched_shapes_are_an_error():
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
-@pytest.mark.parametrize("y_shape,b_shape", [((6, 5), (5,)), ((2, 3, 7, 4, 6), (4, 6))])
-def test_add_bias_matches_autodiff(dtype, y_shape, b_shape):
-    ky, kb, kc = jax.random.split(jax.random.key(1), 3)
-    y = jax.random.normal(ky, y_shape).astype(dtype)
-    b = jax.random.normal(kb, b_shape)  # a float32 parameter, cast to y's dtype in the sum
-    c = jax.random.normal(kc, y_shape)
+@pytest.mark.parametrize("x_shape,w_shape", [((6, 8), (8, 5)), ((2, 3, 7, 16), (16, 4, 6))])
+def test_linear_with_bias_matches_float64(dtype, x_shape, w_shape):
+    """y = x·w + b with the bias added to the float32 accumulator and rounded once; dx, dw as
+    without a bias; db = Σ dy accumulated in float32."""
+    kx, kw, kb, kc = jax.random.split(jax.random.key(1), 4)
+    x = jax.random.normal(kx, x_shape).astype(dtype)
+    w = jax.random.normal(kw, w_shape).astype(dtype)
+    b = jax.random.normal(kb, w_shape[1:])  # a float32 parameter
+    out_shape = x_shape[:-1] + w_shape[1:]
+    c = jax.random.normal(kc, out_shape)
 
-    def loss(f, y, b):
-        return jnp.sum(c * f(y, b).astype(jnp.float32))
+    x64, w64, b64, c64 = (np.asarray(a, np.float64) for a in (x, w, b, c))
+    y64 = np.tensordot(x64, w64, axes=1) + b64
+    out = jax.jit(linear)(x, w, b)
+    assert out.dtype == dtype and out.shape == out_shape
+    # one rounding (≤ eps/2 relative) of a float32 sum (≤ a few float32 eps of Σ|x·w| + |b|)
+    eps, eps32 = float(jnp.finfo(dtype).eps), float(jnp.finfo(jnp.float32).eps)
+    bound = eps / 2 * np.abs(y64) + 8 * eps32 * (
+        np.tensordot(np.abs(x64), np.abs(w64), axes=1) + np.abs(b64))
+    assert np.all(np.abs(np.asarray(out, np.float64) - y64) <= bound)
 
-    plain = lambda y, b: y + b.astype(y.dtype)  # noqa: E731
-    out = linear_lib.add_bias(y, b)
-    assert out.dtype == dtype and out.shape == y_shape
-    np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(plain(y, b), np.float32))
-    got = jax.jit(jax.grad(lambda y, b: loss(linear_lib.add_bias, y, b), argnums=(0, 1)))(y, b)
-    # the reference: the plain sum's gradients, with the bias gradient accumulated in float32
-    dy_ref = jax.grad(lambda y: loss(plain, y, b))(y)
-    db_ref = np.asarray(c, np.float64).reshape(-1, *b_shape).sum(0)
-    assert got[0].dtype == dtype and got[1].dtype == jnp.float32
-    np.testing.assert_array_equal(np.asarray(got[0], np.float32), np.asarray(dy_ref, np.float32))
-    # float32 sums of bf16-rounded cotangents: within a 16-bit rounding of the exact sum
+    grads = jax.jit(jax.grad(lambda x, w, b: jnp.sum(c * linear(x, w, b).astype(jnp.float32)),
+                             argnums=(0, 1, 2)))(x, w, b)
+    assert [g.dtype for g in grads] == [dtype, dtype, jnp.float32]
+    c16 = np.asarray(c.astype(dtype), np.float64)  # the cotangent as the matmuls see it
+    out_axes = list(range(1, len(w_shape)))
+    dx64 = np.tensordot(c16, w64, axes=(list(range(len(x_shape) - 1, c.ndim)), out_axes))
+    dw64 = np.tensordot(x64, c16, axes=(list(range(len(x_shape) - 1)),) * 2)
+    db64 = c16.reshape(-1, *w_shape[1:]).sum(0)
     tol = 1e-5 if dtype == jnp.float32 else 2e-2
-    np.testing.assert_allclose(np.asarray(got[1]), db_ref, rtol=tol,
-                               atol=tol * np.abs(db_ref).max())
+    for got, want in zip(grads, (dx64, dw64, db64), strict=True):
+        np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=tol,
+                                   atol=tol * np.abs(want).max())
 
 
-def test_add_bias_takes_the_matmul_path_only_on_cpu_in_16_bits(monkeypatch):
-    y16, y32, b = jnp.ones((4, 3), jnp.bfloat16), jnp.ones((4, 3)), jnp.ones((3,))
-    hlo = lambda y: jax.jit(jax.grad(  # noqa: E731
-        lambda y, b: linear_lib.add_bias(y, b).astype(jnp.float32).sum(), argnums=1)).lower(
-            y, b).as_text()
-    assert "dot_general" in hlo(y16) and "dot_general" not in hlo(y32)
+def test_bias_gradient_is_a_float32_matmul_only_on_cpu_in_16_bits(monkeypatch):
+    """In 16 bits on CPU db is a ones-row matmul accumulated in float32 (XLA:CPU would split the
+    16-bit reduction into reduce-windows); in float32 and on accelerators a plain sum."""
+    x, w, b = jnp.ones((64, 8)), jnp.ones((8, 3)), jnp.ones((3,))
+
+    def db_jaxpr(dtype):
+        return str(jax.make_jaxpr(jax.grad(lambda b: linear(
+            x.astype(dtype), w.astype(dtype), b).astype(jnp.float32).sum()))(b))
+
+    assert "f32[1,3] = dot_general" in db_jaxpr(jnp.bfloat16)
+    assert "f32[1,3] = dot_general" not in db_jaxpr(jnp.float32)
+    np.testing.assert_allclose(jax.grad(lambda b: linear(x, w, b).sum())(b), [64.0] * 3)
     monkeypatch.setattr(linear_lib, "target_platform", lambda: "tpu")
-    assert "dot_general" not in hlo(y16)
+    assert "f32[1,3] = dot_general" not in db_jaxpr(jnp.bfloat16)
+    np.testing.assert_allclose(jax.grad(lambda b: linear(x, w, b).sum())(b), [64.0] * 3)
 
 
-def test_add_bias_refuses_a_bias_that_does_not_match():
-    with pytest.raises(ValueError, match=r"add_bias: y \(4, 3\) does not end in b \(4,\)"):
-        linear_lib.add_bias(jnp.ones((4, 3)), jnp.ones((4,)))
+def test_a_bias_that_does_not_match_the_output_is_an_error():
+    with pytest.raises(ValueError, match=r"linear: bias \(4,\) does not match w \(2, 3\)'s "
+                                         r"output dims \(3,\)"):
+        linear(jnp.ones((5, 2)), jnp.ones((2, 3)), jnp.ones((4,)))
 
 
 @pytest.mark.parametrize("x_shape,w_shape", [

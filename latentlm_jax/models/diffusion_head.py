@@ -28,7 +28,7 @@ from flax import nnx
 
 from latentlm_jax.diffusion.embedding import timestep_embedding
 from latentlm_jax.models.layers import Dense, RMSNorm, SwiGLU
-from latentlm_jax.models.linear import add_bias, linear
+from latentlm_jax.models.linear import linear
 from latentlm_jax.parallel.logical import constrain, param
 
 
@@ -49,8 +49,15 @@ class AdaLN(nnx.Module):
 
     def __call__(self, silu_c: jax.Array) -> jax.Array:
         dt = self.dtype
-        out = linear(silu_c.astype(dt), self.kernel[...].astype(dt))
-        return add_bias(out, self.bias[...])
+        return linear(silu_c.astype(dt), self.kernel[...].astype(dt), self.bias[...])
+
+
+def split_modulations(mod: jax.Array) -> list[jax.Array]:
+    """[..., n, W] → n arrays [..., W]. One split, not n index slices: its gradient is one
+    concatenate, where the slices' is n zero-pads summed — in bfloat16 on XLA:CPU a slow 5-D loop
+    that rounds after every add (63 ms per block of ``configs/bench_ref.py`` on one core against
+    4 ms; docs/benchmarks.md, profile finding 12)."""
+    return [jnp.squeeze(m, -2) for m in jnp.split(mod, mod.shape[-2], axis=-2)]
 
 
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
@@ -67,8 +74,7 @@ class HeadBlock(nnx.Module):
         self.mlp = SwiGLU(width, mlp_dim, init_std=init_std, dtype=dtype, rngs=rngs, init=init)
 
     def __call__(self, x: jax.Array, silu_c: jax.Array) -> jax.Array:
-        mod = self.ada(silu_c)
-        shift, scale, gate = mod[..., 0, :], mod[..., 1, :], mod[..., 2, :]
+        shift, scale, gate = split_modulations(self.ada(silu_c))
         h = self.mlp(modulate(self.norm(x), shift, scale))
         return _constrain_act(x + gate * h)
 
@@ -115,8 +121,8 @@ class DiffusionHead(nnx.Module):
         x = jnp.broadcast_to(x, jnp.broadcast_shapes(x.shape, silu_c.shape))
         for block in self.blocks:
             x = block(x, silu_c)
-        mod = self.final_ada(silu_c)
-        x = modulate(self.final_norm(x), mod[..., 0, :], mod[..., 1, :])
+        shift, scale = split_modulations(self.final_ada(silu_c))
+        x = modulate(self.final_norm(x), shift, scale)
         return self.out(x).astype(jnp.float32)
 
     # -- sampling: the condition-only work once per latent, then one cheap call per solver step --

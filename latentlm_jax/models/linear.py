@@ -1,4 +1,4 @@
-"""The one projection every weight matmul goes through: ``x[..., in] · w[in, *out]``.
+"""The one projection every weight matmul goes through: ``x[..., in] · w[in, *out] (+ b[*out])``.
 
 On accelerators it is a plain ``tensordot`` and autodiff gives the backward pass. On CPU it carries
 its own backward pass, because of how XLA:CPU lays out the weight gradient (docs/benchmarks.md,
@@ -21,11 +21,13 @@ In 16-bit dtypes on CPU two more things decide the speed (docs/benchmarks.md, pr
   the smaller of x and dy is transposed *and its rows reversed* — a reverse is not a transpose, so
   XLA cannot fold it — and the product's rows are reversed back: the dot is a plain row-major
   bfloat16 one (~1.7× faster).
+- A bias gradient Σ dy over every row is a [1, rows] · [rows, n] matmul with a row of ones,
+  accumulated and returned in float32 (autodiff's would be rounded to 16 bits first). XLA:CPU
+  splits a low-precision reduction that large into reduce-windows, which took 51 ms each for the
+  diffusion head's adaLN biases of ``configs/bench_ref.py`` (profile finding 9).
 """
 
 from __future__ import annotations
-
-import math
 
 import jax
 import jax.numpy as jnp
@@ -61,6 +63,14 @@ def _weight_gradient_cpu(x2: jax.Array, dy2: jax.Array) -> jax.Array:
     return jnp.flip(jnp.dot(jnp.flip(dy2.T, 0), x2, preferred_element_type=f32), 0).T
 
 
+def _bias_gradient_cpu(dy2: jax.Array) -> jax.Array:
+    """Σ over the rows of dy2 [rows, n] → [n], float32 (module docstring)."""
+    if _is_16bit(dy2):
+        ones = jnp.ones((1, dy2.shape[0]), dy2.dtype)
+        return jnp.dot(ones, dy2, preferred_element_type=jnp.float32)[0]
+    return jnp.sum(dy2, axis=0)
+
+
 @jax.custom_vjp
 def _linear_cpu(x: jax.Array, w: jax.Array) -> jax.Array:
     return _tensordot_cpu(x, w, 1)
@@ -84,47 +94,41 @@ def _linear_cpu_bwd(res: tuple[jax.Array, jax.Array], dy: jax.Array
 _linear_cpu.defvjp(_linear_cpu_fwd, _linear_cpu_bwd)
 
 
-def linear(x: jax.Array, w: jax.Array) -> jax.Array:
-    """``x[..., in]`` times ``w[in, *out]`` → ``[..., *out]`` (operands already in the compute
-    dtype). The backward pass is CPU-specific where the target platform is the CPU (see the module
+@jax.custom_vjp
+def _linear_bias_cpu(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+    return _linear_bias_cpu_fwd(x, w, b)[0]
+
+
+def _linear_bias_cpu_fwd(x: jax.Array, w: jax.Array, b: jax.Array
+                         ) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
+    if _is_16bit(x):  # the bias joins the float32 accumulator; one rounding
+        y = jnp.tensordot(x, w, axes=1, preferred_element_type=jnp.float32)
+        return (y + b.astype(jnp.float32)).astype(x.dtype), (x, w, b)
+    return jnp.tensordot(x, w, axes=1) + b.astype(x.dtype), (x, w, b)
+
+
+def _linear_bias_cpu_bwd(res: tuple[jax.Array, jax.Array, jax.Array], dy: jax.Array
+                         ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    x, w, b = res
+    dx, dw = _linear_cpu_bwd((x, w), dy)
+    db = _bias_gradient_cpu(dy.reshape(-1, b.size))
+    return dx, dw, db.reshape(b.shape).astype(b.dtype)
+
+
+_linear_bias_cpu.defvjp(_linear_bias_cpu_fwd, _linear_bias_cpu_bwd)
+
+
+def linear(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
+    """``x[..., in]`` times ``w[in, *out]`` → ``[..., *out]``, plus ``b[*out]`` when given (x and w
+    already in the compute dtype; b any float dtype, added at the accumulator's precision). The
+    backward pass is CPU-specific where the target platform is the CPU (see the module
     docstring); the forward is the same everywhere."""
     if x.shape[-1] != w.shape[0]:
         raise ValueError(f"linear: x {x.shape} and w {w.shape} do not contract")
+    if b is not None and b.shape != w.shape[1:]:
+        raise ValueError(f"linear: bias {b.shape} does not match w {w.shape}'s output dims "
+                         f"{w.shape[1:]}")
     if target_platform() == "cpu":
-        return _linear_cpu(x, w)
-    return _forward(x, w)
-
-
-@jax.custom_vjp
-def _add_bias_cpu(y: jax.Array, b: jax.Array) -> jax.Array:
-    return y + b.astype(y.dtype)
-
-
-def _add_bias_cpu_fwd(y: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return _add_bias_cpu(y, b), jnp.zeros((0, *b.shape), b.dtype)  # b's shape and dtype, no data
-
-
-def _add_bias_cpu_bwd(res: jax.Array, dy: jax.Array) -> tuple[jax.Array, jax.Array]:
-    b_shape = res.shape[1:]
-    dy2 = dy.reshape(-1, math.prod(b_shape))
-    # db = Σ_rows dy as a [1, rows] · [rows, n] matmul accumulated in float32
-    db = jnp.dot(jnp.ones((1, dy2.shape[0]), dy.dtype), dy2, preferred_element_type=jnp.float32)
-    return dy, db.reshape(b_shape).astype(res.dtype)
-
-
-_add_bias_cpu.defvjp(_add_bias_cpu_fwd, _add_bias_cpu_bwd)
-
-
-def add_bias(y: jax.Array, b: jax.Array) -> jax.Array:
-    """``y + b`` (``b`` broadcast over ``y``'s leading axes, cast to ``y``'s dtype).
-
-    On CPU in a 16-bit dtype the bias gradient Σ dy over every leading axis is computed as a
-    matmul with a row of ones, accumulated and returned in float32 (autodiff's would be rounded
-    to 16 bits first). XLA:CPU splits a low-precision reduction that large into reduce-windows,
-    which took 51 ms each for the diffusion head's adaLN biases of ``configs/bench_ref.py`` in
-    bfloat16 (docs/benchmarks.md, profile finding 9). Elsewhere it is the plain sum."""
-    if y.shape[y.ndim - b.ndim:] != b.shape:
-        raise ValueError(f"add_bias: y {y.shape} does not end in b {b.shape}")
-    if target_platform() == "cpu" and _is_16bit(y):
-        return _add_bias_cpu(y, b)
-    return y + b.astype(y.dtype)
+        return _linear_cpu(x, w) if b is None else _linear_bias_cpu(x, w, b)
+    y = _forward(x, w)
+    return y if b is None else y + b.astype(y.dtype)
