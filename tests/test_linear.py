@@ -80,7 +80,7 @@ def test_linear_with_bias_matches_float64(dtype, x_shape, w_shape):
     out_shape = x_shape[:-1] + w_shape[1:]
     c = jax.random.normal(kc, out_shape)
 
-    x64, w64, b64, c64 = (np.asarray(a, np.float64) for a in (x, w, b, c))
+    x64, w64, b64 = (np.asarray(a, np.float64) for a in (x, w, b))
     y64 = np.tensordot(x64, w64, axes=1) + b64
     out = jax.jit(linear)(x, w, b)
     assert out.dtype == dtype and out.shape == out_shape

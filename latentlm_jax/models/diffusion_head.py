@@ -139,7 +139,9 @@ class DiffusionHead(nnx.Module):
         """``__call__`` given one step's slice of :meth:`modulations` ([R, n, W] each)."""
         x = _constrain_act(self.x_in(x_t))
         for block, mod in zip(self.blocks, mods[:-1], strict=True):
-            h = block.mlp(modulate(block.norm(x), mod[..., 0, :], mod[..., 1, :]))
-            x = _constrain_act(x + mod[..., 2, :] * h)
-        x = modulate(self.final_norm(x), mods[-1][..., 0, :], mods[-1][..., 1, :])
+            shift, scale, gate = split_modulations(mod)
+            h = block.mlp(modulate(block.norm(x), shift, scale))
+            x = _constrain_act(x + gate * h)
+        shift, scale = split_modulations(mods[-1])
+        x = modulate(self.final_norm(x), shift, scale)
         return self.out(x).astype(jnp.float32)

@@ -120,9 +120,10 @@ _linear_bias_cpu.defvjp(_linear_bias_cpu_fwd, _linear_bias_cpu_bwd)
 
 def linear(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
     """``x[..., in]`` times ``w[in, *out]`` → ``[..., *out]``, plus ``b[*out]`` when given (x and w
-    already in the compute dtype; b any float dtype, added at the accumulator's precision). The
-    backward pass is CPU-specific where the target platform is the CPU (see the module
-    docstring); the forward is the same everywhere."""
+    already in the compute dtype, b any float dtype). The backward pass is CPU-specific where the
+    target platform is the CPU (see the module docstring). So is, in 16 bits, where the bias is
+    added: on CPU to the float32 accumulator before its one rounding, elsewhere to the result in
+    its dtype."""
     if x.shape[-1] != w.shape[0]:
         raise ValueError(f"linear: x {x.shape} and w {w.shape} do not contract")
     if b is not None and b.shape != w.shape[1:]:
