@@ -43,11 +43,14 @@ def _is_16bit(x: jax.Array) -> bool:
     return jnp.dtype(x.dtype).itemsize < 4
 
 
-def _tensordot_cpu(a: jax.Array, b: jax.Array, axes) -> jax.Array:
-    """tensordot; in 16 bits accumulated in float32 and rounded once (see the module docstring)."""
+def _tensordot_cpu(a: jax.Array, b: jax.Array, axes, bias: jax.Array | None = None) -> jax.Array:
+    """tensordot (+ bias); in 16 bits accumulated in float32, the bias added to the accumulator,
+    and rounded once (see the module docstring)."""
     if _is_16bit(a):
-        return jnp.tensordot(a, b, axes=axes, preferred_element_type=jnp.float32).astype(a.dtype)
-    return jnp.tensordot(a, b, axes=axes)
+        y = jnp.tensordot(a, b, axes=axes, preferred_element_type=jnp.float32)
+        return (y if bias is None else y + bias.astype(jnp.float32)).astype(a.dtype)
+    y = jnp.tensordot(a, b, axes=axes)
+    return y if bias is None else y + bias.astype(y.dtype)
 
 
 def _weight_gradient_cpu(x2: jax.Array, dy2: jax.Array) -> jax.Array:
@@ -72,50 +75,29 @@ def _bias_gradient_cpu(dy2: jax.Array) -> jax.Array:
 
 
 @jax.custom_vjp
-def _linear_cpu(x: jax.Array, w: jax.Array) -> jax.Array:
-    return _tensordot_cpu(x, w, 1)
+def _linear_cpu(x: jax.Array, w: jax.Array, b: jax.Array | None) -> jax.Array:
+    return _tensordot_cpu(x, w, 1, b)
 
 
-def _linear_cpu_fwd(x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return _tensordot_cpu(x, w, 1), (x, w)
+def _linear_cpu_fwd(x: jax.Array, w: jax.Array, b: jax.Array | None
+                    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array | None]]:
+    return _tensordot_cpu(x, w, 1, b), (x, w, b)
 
 
-def _linear_cpu_bwd(res: tuple[jax.Array, jax.Array], dy: jax.Array
-                    ) -> tuple[jax.Array, jax.Array]:
-    x, w = res
+def _linear_cpu_bwd(res: tuple[jax.Array, jax.Array, jax.Array | None], dy: jax.Array
+                    ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    x, w, b = res
     x, dy = jax.lax.optimization_barrier((x, dy))
     out_axes = list(range(1, w.ndim))  # w [in, *out]; dy [..., *out]
     dx = _tensordot_cpu(dy, w, (list(range(x.ndim - 1, dy.ndim)), out_axes))
     x2 = x.reshape(-1, x.shape[-1])
-    dw = _weight_gradient_cpu(x2, dy.reshape(x2.shape[0], -1)).reshape(w.shape)
-    return dx.astype(x.dtype), dw.astype(w.dtype)
+    dy2 = dy.reshape(x2.shape[0], -1)
+    dw = _weight_gradient_cpu(x2, dy2).reshape(w.shape)
+    db = None if b is None else _bias_gradient_cpu(dy2).reshape(b.shape).astype(b.dtype)
+    return dx.astype(x.dtype), dw.astype(w.dtype), db
 
 
 _linear_cpu.defvjp(_linear_cpu_fwd, _linear_cpu_bwd)
-
-
-@jax.custom_vjp
-def _linear_bias_cpu(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
-    return _linear_bias_cpu_fwd(x, w, b)[0]
-
-
-def _linear_bias_cpu_fwd(x: jax.Array, w: jax.Array, b: jax.Array
-                         ) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
-    if _is_16bit(x):  # the bias joins the float32 accumulator; one rounding
-        y = jnp.tensordot(x, w, axes=1, preferred_element_type=jnp.float32)
-        return (y + b.astype(jnp.float32)).astype(x.dtype), (x, w, b)
-    return jnp.tensordot(x, w, axes=1) + b.astype(x.dtype), (x, w, b)
-
-
-def _linear_bias_cpu_bwd(res: tuple[jax.Array, jax.Array, jax.Array], dy: jax.Array
-                         ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    x, w, b = res
-    dx, dw = _linear_cpu_bwd((x, w), dy)
-    db = _bias_gradient_cpu(dy.reshape(-1, b.size))
-    return dx, dw, db.reshape(b.shape).astype(b.dtype)
-
-
-_linear_bias_cpu.defvjp(_linear_bias_cpu_fwd, _linear_bias_cpu_bwd)
 
 
 def linear(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
@@ -130,6 +112,6 @@ def linear(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
         raise ValueError(f"linear: bias {b.shape} does not match w {w.shape}'s output dims "
                          f"{w.shape[1:]}")
     if target_platform() == "cpu":
-        return _linear_cpu(x, w) if b is None else _linear_bias_cpu(x, w, b)
+        return _linear_cpu(x, w, b)
     y = _forward(x, w)
     return y if b is None else y + b.astype(y.dtype)
