@@ -74,7 +74,11 @@ class HeadBlock(nnx.Module):
         self.mlp = SwiGLU(width, mlp_dim, init_std=init_std, dtype=dtype, rngs=rngs, init=init)
 
     def __call__(self, x: jax.Array, silu_c: jax.Array) -> jax.Array:
-        shift, scale, gate = split_modulations(self.ada(silu_c))
+        return self.apply_modulated(x, self.ada(silu_c))
+
+    def apply_modulated(self, x: jax.Array, mod: jax.Array) -> jax.Array:
+        """The block given its adaLN modulations ``mod`` [..., 3, W] (shift, scale, gate)."""
+        shift, scale, gate = split_modulations(mod)
         h = self.mlp(modulate(self.norm(x), shift, scale))
         return _constrain_act(x + gate * h)
 
@@ -121,9 +125,12 @@ class DiffusionHead(nnx.Module):
         x = jnp.broadcast_to(x, jnp.broadcast_shapes(x.shape, silu_c.shape))
         for block in self.blocks:
             x = block(x, silu_c)
-        shift, scale = split_modulations(self.final_ada(silu_c))
-        x = modulate(self.final_norm(x), shift, scale)
-        return self.out(x).astype(jnp.float32)
+        return self._final(x, self.final_ada(silu_c))
+
+    def _final(self, x: jax.Array, mod: jax.Array) -> jax.Array:
+        """The output layer given its modulations ``mod`` [..., 2, W] (shift, scale)."""
+        shift, scale = split_modulations(mod)
+        return self.out(modulate(self.final_norm(x), shift, scale)).astype(jnp.float32)
 
     # -- sampling: the condition-only work once per latent, then one cheap call per solver step --
     def modulations(self, hidden: jax.Array, ts: jax.Array) -> tuple[jax.Array, ...]:
@@ -139,9 +146,5 @@ class DiffusionHead(nnx.Module):
         """``__call__`` given one step's slice of :meth:`modulations` ([R, n, W] each)."""
         x = _constrain_act(self.x_in(x_t))
         for block, mod in zip(self.blocks, mods[:-1], strict=True):
-            shift, scale, gate = split_modulations(mod)
-            h = block.mlp(modulate(block.norm(x), shift, scale))
-            x = _constrain_act(x + gate * h)
-        shift, scale = split_modulations(mods[-1])
-        x = modulate(self.final_norm(x), shift, scale)
-        return self.out(x).astype(jnp.float32)
+            x = block.apply_modulated(x, mod)
+        return self._final(x, mods[-1])
