@@ -46,11 +46,11 @@ def one_device_env() -> dict[str, str]:
 
 
 def multiprocess_env(**extra: str) -> dict[str, str]:
-    """The environment for a process of a multi-process run: CPU, no forced device count (the
-    launcher or the worker decides), plus ``extra``."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", **extra)
-    env.pop("XLA_FLAGS", None)
-    return env
+    """The environment for a process of a multi-process run: CPU, compiled like the tests' own
+    process, no forced device count (the launcher or the worker decides), then ``extra``."""
+    from tests.conftest import TEST_XLA_FLAGS
+
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": TEST_XLA_FLAGS, **extra}
 
 
 # ------------------------------------------------------------------------------ tiny configs

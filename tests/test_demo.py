@@ -1,21 +1,26 @@
 """``latentlm demo``: prompts, score bookkeeping, stage reuse rules, the codec's batched path, and
 (slow) the whole --fast run end to end: report written, scores recomputable from the saved
 samples, a second run reuses every stage, an interrupted training stage resumes from its
-checkpoint."""
+checkpoint; and a second --fast demo SIGKILLed in a stage finishes, when re-run, with the first
+one's scores and samples (CI: one stage, drawn by the date, or ``LATENTLM_KILL_STAGE=k``; the full
+run, ``LATENTLM_FULL_FAULTS=1``: each of the six stages in turn)."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from flax import nnx
 
-from latentlm_jax.config.loading import ConfigError, load_config_file
+from latentlm_jax.config.loading import ConfigError, apply_overrides, load_config_file
 from latentlm_jax.config.sweep import flatten
 from latentlm_jax.data import scoring
 from latentlm_jax.data.shapes_tones import (
@@ -31,7 +36,9 @@ from latentlm_jax.generate.codecs import MediaCodec
 from latentlm_jax.modality import AUDIO, IMAGE, MODALITY_NAMES
 from latentlm_jax.vae.audio import AudioVAE
 from latentlm_jax.vae.image import ImageVAE
-from tests.helpers import one_device_env
+from tests.helpers import latentlm_command, one_device_env
+from tests.test_hard_kill import COMPILED, _read, _run, _wait_for
+from tests.test_hard_kill import FULL as FULL_FAULTS
 
 FULL = str(pipeline.configs_dir() / "demo.py")
 FAST = str(pipeline.configs_dir() / "demo_fast.py")
@@ -192,10 +199,10 @@ def test_codec_batched_path_matches_one_at_a_time():
     assert audio.decode_batch(lats, 800).shape == (4, 800)  # cut
 
 
-def _cli(*args, timeout=900):
-    env = one_device_env()
+def _cli(*args, timeout=900, env=None):
     return subprocess.run([sys.executable, "-m", "latentlm_jax.cli.main", "demo", *args],
-                          capture_output=True, text=True, env=env, timeout=timeout)
+                          capture_output=True, text=True, env=env or one_device_env(),
+                          timeout=timeout)
 
 
 @pytest.mark.parametrize("args,fragment", [
@@ -218,23 +225,46 @@ def _table_value(table: str, metric: str) -> str:
     raise AssertionError(f"{metric!r} not in the table:\n{table}")
 
 
-@pytest.mark.slow
-def test_fast_demo_end_to_end_then_reused(tmp_path):
+# `latentlm demo --fast` shrunk further for the slow tests: a few steps per training stage (a
+# checkpoint every 4, so that a kill can land between two), few encoded examples and samples. The
+# tests' XLA flags compile fast but run slowly, so steps cost here what compiles cost a user.
+SMALL = {"vae_image.train.num_steps": 12, "vae_image.train.warmup_steps": 2,
+         "vae_image.checkpoint.every_steps": 4, "vae_audio.train.num_steps": 8,
+         "vae_audio.train.warmup_steps": 2, "vae_audio.checkpoint.every_steps": 4,
+         "lm.train.num_steps": 12, "lm.train.warmup_steps": 2, "lm.checkpoint.every_steps": 4,
+         "encode.num_examples": 64, "generate.text_to_image": 4, "generate.image_to_text": 2,
+         "generate.text_to_audio": 2, "generate.audio_to_text": 2, "generate.batch_size": 4,
+         "generate.steps": 2}
+SMALL_ARGS = ["--fast", *(f"--config.{k}={v}" for k, v in SMALL.items())]
+
+
+@pytest.fixture(scope="module")
+def fast_demo(tmp_path_factory):
+    """``latentlm demo --fast`` (``SMALL``) once, for the slow tests below, after an interrupted
+    first attempt: the image σ-VAE stopped half-way (as if preempted). Its compiled programs go
+    into a cache that the kill test's runs share, so they skip compiling them."""
     import jax
 
     from latentlm_jax.train.checkpoint_io import latest_step, save_run_config
     from latentlm_jax.train.trainer import train
 
-    workdir = tmp_path / "demo"
-    # An interrupted first attempt: the image σ-VAE stopped half-way (as if preempted).
-    c = load_config_file(FAST)
+    root = tmp_path_factory.mktemp("fast_demo")
+    workdir = root / "demo"
+    c = apply_overrides(load_config_file(FAST), [f"{k}={v}" for k, v in SMALL.items()])
     vae_cfg = pipeline.stage_configs(c, str(workdir))["vae_image"]
     half = vae_cfg.train.num_steps // 2
     save_run_config(vae_cfg, str(workdir / "vae_image"))
     train(vae_cfg, str(workdir / "vae_image"), stop_at=half, devices=jax.devices()[:1])
     assert latest_step(str(workdir / "vae_image")) == half
+    env = dict(one_device_env(), PYTHONUNBUFFERED="1", JAX_COMPILATION_CACHE_DIR=str(
+        root / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    first = _cli(*SMALL_ARGS, "--workdir", str(workdir), env=env)
+    return SimpleNamespace(workdir=workdir, config=c, half=half, run=first, env=env)
 
-    first = _cli("--fast", "--workdir", str(workdir))
+
+@pytest.mark.slow
+def test_fast_demo_end_to_end_then_reused(fast_demo, tmp_path):
+    workdir, c, half, first = fast_demo.workdir, fast_demo.config, fast_demo.half, fast_demo.run
     out = first.stdout
     assert first.returncode == 0, out[-3000:] + first.stderr[-3000:]
     for k in range(1, 7):
@@ -280,7 +310,7 @@ def test_fast_demo_end_to_end_then_reused(tmp_path):
     mtimes = {p: p.stat().st_mtime for p in (workdir / "results.json",
                                              workdir / "generate" / "samples.npz",
                                              workdir / "latents" / "DONE")}
-    second = _cli("--fast", "--workdir", str(workdir))
+    second = _cli(*SMALL_ARGS, "--workdir", str(workdir))
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     out2 = second.stdout
     for k in range(1, 6):
@@ -316,4 +346,64 @@ def test_fast_demo_end_to_end_then_reused(tmp_path):
     Image.fromarray(test[0]["image"]).save(tmp_path / "in.png")
     caption = gen("--modality", "text", "--image", str(tmp_path / "in.png"))
     assert caption.returncode == 0, caption.stderr[-2000:]
-    assert caption.stdout.strip()  # the generated caption (its quality is the scores' business)
+    # one line, the caption (a 12-step LM writes mostly spaces: quality is the scores' business)
+    assert len(caption.stdout.splitlines()) == 1 and caption.stdout.endswith("\n")
+
+
+# ------------------------------------------------------------------------------ a kill per stage
+# Stage k prints "[k/6] <title>" when it starts and "[k/6] done|reused in ..." when it ends.
+DEMO_STAGES = 6
+TRAINING_STAGES = (1, 2, 4)  # the σ-VAEs and the LatentLM
+ENCODE_STAGE = 3
+
+
+def _demo_stages_to_kill() -> list[int]:
+    """Every stage in the full run; in CI one, drawn by the date (a different stage from day
+    to day, the same all day) unless LATENTLM_KILL_STAGE names it."""
+    if FULL_FAULTS:
+        return list(range(1, DEMO_STAGES + 1))
+    if os.environ.get("LATENTLM_KILL_STAGE"):
+        return [int(os.environ["LATENTLM_KILL_STAGE"])]
+    return [1 + time.gmtime().tm_yday % DEMO_STAGES]
+
+
+@pytest.mark.slow
+def test_demo_survives_a_kill_in_a_stage(fast_demo, tmp_path):
+    """A second demo like ``fast_demo`` (no interrupted first attempt) is SIGKILLed in a stage,
+    then re-run: it ends with the scores and per-sample records of ``fast_demo``, which was
+    interrupted elsewhere (its image σ-VAE stopped half-way). Equal results from two runs cut at
+    different places are what an uninterrupted run gives."""
+    assert fast_demo.run.returncode == 0, fast_demo.run.stdout[-3000:]
+    demo = latentlm_command("demo", *SMALL_ARGS, "--workdir", str(tmp_path / "killed"))
+    rng = np.random.default_rng(3)
+    killed_in = []
+    for k in _demo_stages_to_kill():
+        log = tmp_path / f"kill{k}.log"
+        proc = _run(demo, log, fast_demo.env)
+        header = f"[{k}/{DEMO_STAGES}] "
+        assert _wait_for(log, header, proc, timeout=900), _read(log)[-3000:]
+        if k in TRAINING_STAGES:  # into the training steps and their checkpoint writes
+            assert _wait_for(log, COMPILED, proc, timeout=900, after=header), _read(log)[-3000:]
+            time.sleep(rng.uniform(0.0, 1.0))
+        elif k == ENCODE_STAGE:  # between the image shard and the audio one
+            assert _wait_for(log, "wrote ", proc, timeout=900, after=header), _read(log)[-3000:]
+        else:  # generating (a few s here), or writing the report (~2 s)
+            time.sleep(rng.uniform(0.2, 1.5) if k < DEMO_STAGES else rng.uniform(0.05, 0.3))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        text = _read(log)
+        started = re.findall(r"^\[(\d)/6\] (?!done|reused)", text, re.M)
+        ended = re.findall(r"^\[(\d)/6\] (?:done|reused) in", text, re.M)
+        running = [int(s) for s in started if s not in ended]
+        assert running, f"the kill in stage {k} came after the demo ended:\n{text[-2000:]}"
+        killed_in.append(running[-1])
+    log = tmp_path / "final.log"
+    proc = _run(demo, log, fast_demo.env)
+    assert proc.wait(timeout=900) == 0, _read(log)[-3000:]
+    expected = json.loads(_read(fast_demo.workdir / "results.json"))
+    results = json.loads(_read(tmp_path / "killed" / "results.json"))
+    assert results["scores"] == expected["scores"]
+    assert results["samples"] == expected["samples"]
+    print(f"demo killed in stages {killed_in}")
+    assert set(killed_in) == set(_demo_stages_to_kill())
+
