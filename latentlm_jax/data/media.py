@@ -26,7 +26,6 @@ import warnings
 import numpy as np
 import soundfile as sf
 from PIL import Image, ImageOps, UnidentifiedImageError
-from scipy.signal import resample_poly
 
 from latentlm_jax import paths
 from latentlm_jax.data.bad_input import BadInput
@@ -294,6 +293,9 @@ def resample(x: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
         raise ValueError(f"sample rates must be positive, got {source_rate} -> {target_rate}")
     if source_rate == target_rate:
         return np.asarray(x, dtype=np.float32)
+    # scipy.signal costs ~1 s to import: only runs that resample audio pay it
+    from scipy.signal import resample_poly
+
     g = math.gcd(int(source_rate), int(target_rate))
     up, down = int(target_rate) // g, int(source_rate) // g
     return resample_poly(np.asarray(x, np.float64), up, down).astype(np.float32)
