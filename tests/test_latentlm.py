@@ -124,6 +124,23 @@ def test_training_lowers_both_terms():
     assert float(m["diff/image"]) < first["diff/image"]
 
 
+NAIVE_LEN = 64  # the naive references' fixed row length (one eager compile of each op)
+
+
+def naive_hidden(model, ids, mod, lat):
+    """The last position's hidden state from a full recomputation over ``ids`` (no cache). The
+    row is padded at the end to ``NAIVE_LEN`` with segment 0, which a causal mask keeps out of
+    every real position: the same shapes each step, so eager mode compiles its ops once."""
+    n, pad = len(ids), NAIVE_LEN - len(ids)
+    assert pad >= 0, n
+    batch = dict(tokens=jnp.asarray([ids + [0] * pad], jnp.int32),
+                 modality=jnp.asarray([mod + [0] * pad], jnp.int8),
+                 latents=jnp.asarray(np.array([lat + [np.zeros_like(lat[0])] * pad]), jnp.float32),
+                 positions=jnp.arange(NAIVE_LEN)[None],
+                 segment_ids=jnp.asarray([[1] * n + [0] * pad], jnp.int32))
+    return model.hidden(batch)[:, n - 1]
+
+
 def naive_text(model, latents, max_tokens):
     """Greedy captioning by full recomputation at every step (no cache)."""
     ids = [TOK.bos_id, TOK.boi_id] + [TOK.latent_id] * len(latents) + [TOK.eoi_id]
@@ -132,11 +149,7 @@ def naive_text(model, latents, max_tokens):
         np.zeros(max(D_IMG, D_AUD))]
     out = []
     for _ in range(max_tokens):
-        n = len(ids)
-        batch = dict(tokens=jnp.asarray([ids], jnp.int32), modality=jnp.asarray([mod], jnp.int8),
-                     latents=jnp.asarray([lat], jnp.float32), positions=jnp.arange(n)[None],
-                     segment_ids=jnp.ones((1, n), jnp.int32))
-        nxt = int(jnp.argmax(model.logits(model.hidden(batch))[0, -1]))
+        nxt = int(jnp.argmax(model.logits(naive_hidden(model, ids, mod, lat))[0]))
         if nxt == TOK.eos_id:
             break
         out.append(nxt)
@@ -167,11 +180,7 @@ def naive_latents(model, caption, opts, key, n):
     lat = [np.zeros(D_AUD)] * len(ids)
     out = []
     for _ in range(n):
-        m = len(ids)
-        batch = dict(tokens=jnp.asarray([ids], jnp.int32), modality=jnp.asarray([mod], jnp.int8),
-                     latents=jnp.asarray(np.array([lat]), jnp.float32),
-                     positions=jnp.arange(m)[None], segment_ids=jnp.ones((1, m), jnp.int32))
-        h = model.hidden(batch)[:, -1]
+        h = naive_hidden(model, ids, mod, lat)
         head = model.head(IMAGE)
         z = samplers.sample("ddim", lambda x, t, h=h, head=head: head(
             x, jnp.broadcast_to(t, (1,)), h), (1, D_IMG), key, num_steps=opts.steps,
