@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 from latentlm_jax.config.base import base_config
 from latentlm_jax.config.loading import load_config_file
@@ -43,6 +44,15 @@ def xla_flags(devices: int) -> str:
 def one_device_env() -> dict[str, str]:
     """The environment for a CLI subprocess on one host CPU device."""
     return dict(os.environ, XLA_FLAGS=xla_flags(1), JAX_PLATFORMS="cpu")
+
+
+def drawn_today(choices: tuple[str, ...], override: str) -> str:
+    """The sample a heavy test runs in CI today: ``choices[day of the year % len]`` (another one
+    the next day, the same all day), or the environment variable ``override`` when set."""
+    choice = os.environ.get(override) or choices[time.gmtime().tm_yday % len(choices)]
+    if choice not in choices:
+        raise ValueError(f"{override}={choice!r}: expected one of {', '.join(choices)}")
+    return choice
 
 
 def multiprocess_env(**extra: str) -> dict[str, str]:

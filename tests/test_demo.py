@@ -36,7 +36,7 @@ from latentlm_jax.generate.codecs import MediaCodec
 from latentlm_jax.modality import AUDIO, IMAGE, MODALITY_NAMES
 from latentlm_jax.vae.audio import AudioVAE
 from latentlm_jax.vae.image import ImageVAE
-from tests.helpers import latentlm_command, one_device_env
+from tests.helpers import drawn_today, latentlm_command, one_device_env
 from tests.test_hard_kill import COMPILED, _read, _run, _wait_for
 from tests.test_hard_kill import FULL as FULL_FAULTS
 
@@ -360,11 +360,10 @@ ENCODE_STAGE = 3
 def _demo_stages_to_kill() -> list[int]:
     """Every stage in the full run; in CI one, drawn by the date (a different stage from day
     to day, the same all day) unless LATENTLM_KILL_STAGE names it."""
+    stages = tuple(str(k) for k in range(1, DEMO_STAGES + 1))
     if FULL_FAULTS:
-        return list(range(1, DEMO_STAGES + 1))
-    if os.environ.get("LATENTLM_KILL_STAGE"):
-        return [int(os.environ["LATENTLM_KILL_STAGE"])]
-    return [1 + time.gmtime().tm_yday % DEMO_STAGES]
+        return [int(k) for k in stages]
+    return [int(drawn_today(stages, "LATENTLM_KILL_STAGE"))]
 
 
 @pytest.mark.slow
@@ -406,4 +405,3 @@ def test_demo_survives_a_kill_in_a_stage(fast_demo, tmp_path):
     assert results["samples"] == expected["samples"]
     print(f"demo killed in stages {killed_in}")
     assert set(killed_in) == set(_demo_stages_to_kill())
-

@@ -30,27 +30,29 @@ import pytest
 
 from latentlm_jax.train.checkpoint_cleanup import partial_checkpoints, remove_partial_checkpoints
 from latentlm_jax.train.metrics import MetricsWriter, complete_lines, drop_partial_line
-from tests.helpers import LM_TINY, TINY_MODEL, config_path, latentlm_command, one_device_env
+from tests.helpers import (
+    LM_TINY,
+    TINY_MODEL,
+    config_path,
+    drawn_today,
+    latentlm_command,
+    one_device_env,
+)
 
 FULL = os.environ.get("LATENTLM_FULL_FAULTS", "") not in ("", "0")
-SAMPLED_LOOPS = ("vae", "latentlm")
+TMP_MARK = ".orbax-checkpoint-tmp"
+COMPILED = "compiled the train step"
+RESUMED = re.compile(r"Resuming from checkpoint at step (\d+)")
+SAMPLED_LOOPS = ("vae", "latentlm")  # CI runs one of these kill loops a day
 
 
 def _loop_sampled_out(name: str) -> str:
     """Why CI skips the ``name`` kill loop today ("" when it runs): the full run has both."""
-    if FULL:
-        return ""
-    today = os.environ.get("LATENTLM_KILL_LOOP") or \
-        SAMPLED_LOOPS[time.gmtime().tm_yday % len(SAMPLED_LOOPS)]
-    if today not in SAMPLED_LOOPS:
-        raise ValueError(f"LATENTLM_KILL_LOOP={today!r}: expected one of {SAMPLED_LOOPS}")
-    if today == name:
+    today = "" if FULL else drawn_today(SAMPLED_LOOPS, "LATENTLM_KILL_LOOP")
+    if today in ("", name):
         return ""
     return (f"sampled: CI kills the {today} run today and this one the next day "
             f"(LATENTLM_KILL_LOOP={name} or LATENTLM_FULL_FAULTS=1 runs it)")
-TMP_MARK = ".orbax-checkpoint-tmp"
-COMPILED = "compiled the train step"
-RESUMED = re.compile(r"Resuming from checkpoint at step (\d+)")
 
 
 # ------------------------------------------------------------------------------ the pieces
