@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -44,6 +45,46 @@ def xla_flags(devices: int) -> str:
 def one_device_env() -> dict[str, str]:
     """The environment for a CLI subprocess on one host CPU device."""
     return dict(os.environ, XLA_FLAGS=xla_flags(1), JAX_PLATFORMS="cpu")
+
+
+def full_run(variable: str) -> bool:
+    """Whether the environment asks for the full version of a sampled heavy test
+    (``LATENTLM_FULL_FAULTS`` / ``LATENTLM_FULL_PROOFS`` set to anything but "" or "0")."""
+    return os.environ.get(variable, "") not in ("", "0")
+
+
+FULL_FAULTS = full_run("LATENTLM_FULL_FAULTS")  # every kill loop, stage and fuzz example
+FULL_PROOFS = full_run("LATENTLM_FULL_PROOFS")  # the memory proofs at their real sizes
+COMPILED = "compiled the train step"  # what a trainer logs once its step is compiled
+
+
+def read_text(path) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def start_logged(cmd: list[str], log, env: dict[str, str], session: bool = True
+                 ) -> subprocess.Popen:
+    """Starts ``cmd`` with stdout and stderr into the file ``log`` (its own session by default,
+    so that a kill reaches its children too)."""
+    with open(log, "w") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=session)
+
+
+def wait_for_text(log, text: str, proc: subprocess.Popen, timeout: float = 120,
+                  after: str = "") -> bool:
+    """Waits until ``text`` is in ``log`` (after the first ``after`` when given); False when
+    the process ended first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        content = read_text(log)
+        if after in content and text in content[content.index(after):]:
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.02)
+    raise AssertionError(f"{text!r} not in {log} after {timeout}s")
 
 
 def drawn_today(choices: tuple[str, ...], override: str) -> str:

@@ -64,14 +64,12 @@ from latentlm_jax.data.media import MAX_RESAMPLE_FACTOR, load_audio, load_image
 from latentlm_jax.data.pipeline import make_source
 from latentlm_jax.vae.image import ImageVAE
 from latentlm_jax.vae.task import AudioVAETask, ImageVAETask
-from tests.helpers import config_path, latentlm_command, one_device_env, read_metrics
-
-FULL = os.environ.get("LATENTLM_FULL_FAULTS", "") not in ("", "0")
+from tests.helpers import FULL_FAULTS, config_path, latentlm_command, one_device_env, read_metrics
 
 
 def fuzz_settings(ci: int, full: int) -> settings:
     """Deterministic: the same examples on every run (``derandomize``), no example database."""
-    return settings(max_examples=full if FULL else ci, derandomize=True, database=None,
+    return settings(max_examples=full if FULL_FAULTS else ci, derandomize=True, database=None,
                     deadline=None, print_blob=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

@@ -36,9 +36,16 @@ from latentlm_jax.generate.codecs import MediaCodec
 from latentlm_jax.modality import AUDIO, IMAGE, MODALITY_NAMES
 from latentlm_jax.vae.audio import AudioVAE
 from latentlm_jax.vae.image import ImageVAE
-from tests.helpers import drawn_today, latentlm_command, one_device_env
-from tests.test_hard_kill import COMPILED, _read, _run, _wait_for
-from tests.test_hard_kill import FULL as FULL_FAULTS
+from tests.helpers import (
+    COMPILED,
+    FULL_FAULTS,
+    drawn_today,
+    latentlm_command,
+    one_device_env,
+    read_text,
+    start_logged,
+    wait_for_text,
+)
 
 FULL = str(pipeline.configs_dir() / "demo.py")
 FAST = str(pipeline.configs_dir() / "demo_fast.py")
@@ -378,29 +385,31 @@ def test_demo_survives_a_kill_in_a_stage(fast_demo, tmp_path):
     killed_in = []
     for k in _demo_stages_to_kill():
         log = tmp_path / f"kill{k}.log"
-        proc = _run(demo, log, fast_demo.env)
+        proc = start_logged(demo, log, fast_demo.env)
         header = f"[{k}/{DEMO_STAGES}] "
-        assert _wait_for(log, header, proc, timeout=900), _read(log)[-3000:]
+        assert wait_for_text(log, header, proc, timeout=900), read_text(log)[-3000:]
         if k in TRAINING_STAGES:  # into the training steps and their checkpoint writes
-            assert _wait_for(log, COMPILED, proc, timeout=900, after=header), _read(log)[-3000:]
+            assert wait_for_text(log, COMPILED, proc, timeout=900, after=header), \
+                read_text(log)[-3000:]
             time.sleep(rng.uniform(0.0, 1.0))
         elif k == ENCODE_STAGE:  # between the image shard and the audio one
-            assert _wait_for(log, "wrote ", proc, timeout=900, after=header), _read(log)[-3000:]
+            assert wait_for_text(log, "wrote ", proc, timeout=900, after=header), \
+                read_text(log)[-3000:]
         else:  # generating (a few s here), or writing the report (~2 s)
             time.sleep(rng.uniform(0.2, 1.5) if k < DEMO_STAGES else rng.uniform(0.05, 0.3))
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        text = _read(log)
+        text = read_text(log)
         started = re.findall(r"^\[(\d)/6\] (?!done|reused)", text, re.M)
         ended = re.findall(r"^\[(\d)/6\] (?:done|reused) in", text, re.M)
         running = [int(s) for s in started if s not in ended]
         assert running, f"the kill in stage {k} came after the demo ended:\n{text[-2000:]}"
         killed_in.append(running[-1])
     log = tmp_path / "final.log"
-    proc = _run(demo, log, fast_demo.env)
-    assert proc.wait(timeout=900) == 0, _read(log)[-3000:]
-    expected = json.loads(_read(fast_demo.workdir / "results.json"))
-    results = json.loads(_read(tmp_path / "killed" / "results.json"))
+    proc = start_logged(demo, log, fast_demo.env)
+    assert proc.wait(timeout=900) == 0, read_text(log)[-3000:]
+    expected = json.loads(read_text(fast_demo.workdir / "results.json"))
+    results = json.loads(read_text(tmp_path / "killed" / "results.json"))
     assert results["scores"] == expected["scores"]
     assert results["samples"] == expected["samples"]
     print(f"demo killed in stages {killed_in}")

@@ -21,7 +21,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import time
 import warnings
 
@@ -31,24 +30,27 @@ import pytest
 from latentlm_jax.train.checkpoint_cleanup import partial_checkpoints, remove_partial_checkpoints
 from latentlm_jax.train.metrics import MetricsWriter, complete_lines, drop_partial_line
 from tests.helpers import (
+    COMPILED,
+    FULL_FAULTS,
     LM_TINY,
     TINY_MODEL,
     config_path,
     drawn_today,
     latentlm_command,
     one_device_env,
+    read_text,
+    start_logged,
+    wait_for_text,
 )
 
-FULL = os.environ.get("LATENTLM_FULL_FAULTS", "") not in ("", "0")
 TMP_MARK = ".orbax-checkpoint-tmp"
-COMPILED = "compiled the train step"
 RESUMED = re.compile(r"Resuming from checkpoint at step (\d+)")
 SAMPLED_LOOPS = ("vae", "latentlm")  # CI runs one of these kill loops a day
 
 
 def _loop_sampled_out(name: str) -> str:
     """Why CI skips the ``name`` kill loop today ("" when it runs): the full run has both."""
-    today = "" if FULL else drawn_today(SAMPLED_LOOPS, "LATENTLM_KILL_LOOP")
+    today = "" if FULL_FAULTS else drawn_today(SAMPLED_LOOPS, "LATENTLM_KILL_LOOP")
     if today in ("", name):
         return ""
     return (f"sampled: CI kills the {today} run today and this one the next day "
@@ -128,31 +130,6 @@ def _finalised(names) -> list[int]:
     return sorted(int(n) for n in names if n.isdigit())
 
 
-def _read(path) -> str:
-    with open(path) as f:
-        return f.read()
-
-
-def _run(cmd, log, env, session=True) -> subprocess.Popen:
-    with open(log, "w") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=session)
-
-
-def _wait_for(log, text: str, proc, timeout: float = 120, after: str = "") -> bool:
-    """Waits until ``text`` is in ``log`` (after the first ``after`` when given); False when
-    the process ended first."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        content = _read(log)
-        if after in content and text in content[content.index(after):]:
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.02)
-    raise AssertionError(f"{text!r} not in {log} after {timeout}s")
-
-
 def _kill_loop(cmd, workdir, logs, env, kills: int, seed: int, window: float) -> dict:
     """Runs ``cmd``, SIGKILLs it ``kills`` times at seeded random moments (1 in 5 during
     start-up / restore, the others up to ``window`` s after the step compiled), checking each
@@ -162,15 +139,15 @@ def _kill_loop(cmd, workdir, logs, env, kills: int, seed: int, window: float) ->
     expect, stale, half_row = None, [], False
     for k in range(kills):
         log = os.path.join(logs, f"run{k}.log")
-        proc = _run(cmd, log, env)
+        proc = start_logged(cmd, log, env)
         if rng.random() < 0.2:
             early += 1
             time.sleep(rng.uniform(0.5, 4.0))
-        elif _wait_for(log, COMPILED, proc):
+        elif wait_for_text(log, COMPILED, proc):
             time.sleep(rng.uniform(0.0, window))
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        text = _read(log)
+        text = read_text(log)
         assert "done:" not in text, f"run {k} finished before its kill: raise num_steps"
         _check_resume(text, expect, stale, k)
         names = _checkpoint_names(workdir)
@@ -183,9 +160,9 @@ def _kill_loop(cmd, workdir, logs, env, kills: int, seed: int, window: float) ->
                 f.write('{"step": 999999, "lo')  # as if killed mid-row
             half_row = True
     log = os.path.join(logs, "final.log")
-    proc = _run(cmd, log, env)
-    assert proc.wait(timeout=600) == 0, _read(log)[-3000:]
-    text = _read(log)
+    proc = start_logged(cmd, log, env)
+    assert proc.wait(timeout=600) == 0, read_text(log)[-3000:]
+    text = read_text(log)
     _check_resume(text, expect, stale, kills)
     assert not [n for n in _checkpoint_names(workdir) if TMP_MARK in n]
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -212,7 +189,7 @@ def _final_state(workdir, step: int):
         warnings.simplefilter("ignore")  # "Sharding info not provided": one CPU device here
         state = ocp.PyTreeCheckpointer().restore(
             os.path.join(workdir, "checkpoints", str(step), "state"))
-    data = _read(os.path.join(workdir, "checkpoints", str(step), "data", "process_0-of-1.json"))
+    data = read_text(os.path.join(workdir, "checkpoints", str(step), "data", "process_0-of-1.json"))
     return state, json.loads(data)
 
 
@@ -236,7 +213,7 @@ def _kill_and_compare(tmp_path, config: str, total: int, kills: int, seed: int,
     logs = tmp_path / "logs"
     logs.mkdir()
     t0 = time.perf_counter()
-    proc = _run(latentlm_command("train", "--config", config, "--workdir", ref),
+    proc = start_logged(latentlm_command("train", "--config", config, "--workdir", ref),
                 logs / "ref.log", env, session=False)
     assert proc.wait(timeout=600) == 0, (logs / "ref.log").read_text()[-3000:]
     figures = _kill_loop(latentlm_command("train", "--config", config, "--workdir", run),
@@ -258,7 +235,7 @@ EVERY_STEP = {"checkpoint.every_steps": 1, "checkpoint.keep": 3, "checkpoint.asy
 
 @pytest.mark.slow
 def test_lm_survives_hard_kills_bitwise(tmp_path):
-    kills = 50 if FULL else 5
+    kills = 50 if FULL_FAULTS else 5
     total = 10 * kills
     config = _config_file(tmp_path, "lm", LM_TINY, {
         **{f"model.{k}": v for k, v in TINY_MODEL.items()}, "data.seq_len": 32,
@@ -271,7 +248,7 @@ def test_lm_survives_hard_kills_bitwise(tmp_path):
 def test_sigma_vae_survives_hard_kills_bitwise(tmp_path):
     if why := _loop_sampled_out("vae"):
         pytest.skip(why)
-    kills = 10 if FULL else 2
+    kills = 10 if FULL_FAULTS else 2
     total = 10 * kills
     config = _config_file(tmp_path, "vae", config_path("vae_image_tiny.py"), {
         "vae.image.channels": 8, "vae.image.channel_mult": (1, 2), "vae.eval_examples": 8,
@@ -292,7 +269,7 @@ def test_latentlm_survives_hard_kills_bitwise(tmp_path):
                            "caption": f"shape {i}", "modality": "image"} for i in range(32)])
     write_latents(audio, [{"latents": rng.normal(size=(5, 6)).astype(np.float32),
                            "caption": f"notes {i}", "modality": "audio"} for i in range(32)])
-    kills = 10 if FULL else 2
+    kills = 10 if FULL_FAULTS else 2
     total = 10 * kills
     config = _config_file(tmp_path, "latentlm", None, {
         "task": "lm", **{f"model.{k}": v for k, v in TINY_MODEL.items()},

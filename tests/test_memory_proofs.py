@@ -26,7 +26,7 @@ from latentlm_jax.parallel.logical import activation_rules
 from latentlm_jax.train import state as state_lib
 from latentlm_jax.train.setup import build_setup
 from latentlm_jax.train.tasks import get_task
-from tests.helpers import ROOT, config_path, latentlm_command
+from tests.helpers import FULL_PROOFS, ROOT, config_path, latentlm_command
 
 FAMILY = config_path("latentlm.py")
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
@@ -194,7 +194,6 @@ def test_a_step_beyond_hbm_does_not_fit():
 # AVX2 host, against ~70 s for the pod's 32 rows of 1024 and ~95 s of 4096); LATENTLM_FULL_PROOFS=1
 # the family's smallest named size, base (12×768, 32 rows of 4096, ~130 s on a faster host).
 # `latentlm bench memory --all` proves every size (docs/benchmarks.md).
-FULL_PROOFS = os.environ.get("LATENTLM_FULL_PROOFS", "") not in ("", "0")
 PROOF_SIZE = "base" if FULL_PROOFS else "d2w256-pod"
 PROOF_OVERRIDES = () if FULL_PROOFS else ("--config.data.seq_len=256",
                                           "--config.train.global_batch_size=4")
