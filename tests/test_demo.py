@@ -116,7 +116,7 @@ def test_a_workdir_trained_with_other_settings_is_refused(tmp_path):
     moved.data.latent_files = ("/elsewhere/a.array_record",)  # paths may change: accepted
     stages.check_same_config(moved, str(tmp_path), "LatentLM")
     moved.train.num_steps = 7
-    with pytest.raises(ConfigError, match=r"train\.num_steps: 1400 → 7"):
+    with pytest.raises(ConfigError, match=r"train\.num_steps: 1800 → 7"):
         stages.check_same_config(moved, str(tmp_path), "LatentLM")
 
 
