@@ -74,8 +74,8 @@ def get_config(latents_dir: str = ""):
     t = c.train
     t.global_batch_size = 32
     # 1800, not 1400: a seed-0 LM at 1400 steps blended the second note's pitch with the third's
-    # (text→audio 83%, 16 of 73 second notes wrong); at 1800 steps seeds 0, 1, 2 scored 99.3,
-    # 99.7, 97.3% on 300 prompts (docs/demo.md "How the settings were found"); +2 min of the demo
+    # (text→audio 83%, 16 of 73 second notes wrong); at 1800 steps seeds 0-4 scored 95.0-100% on
+    # 300 prompts (docs/demo.md "How the settings were found"); +2 min of the demo
     t.num_steps = 1800
     t.learning_rate = 2e-3
     t.warmup_steps = 100
