@@ -127,14 +127,20 @@ def test_a_bias_that_does_not_match_the_output_is_an_error():
         linear(jnp.ones((5, 2)), jnp.ones((2, 3)), jnp.ones((4,)))
 
 
-@pytest.mark.parametrize("x_shape,w_shape", [
-    ((2, 64, 48), (48, 24)),       # dW: x is the larger operand, dy is transposed
-    ((2, 64, 24), (24, 48)),       # dW: x is the smaller operand, x is transposed
-    ((2, 3, 16, 8), (8, 4, 3)),    # multi-dim output
+@pytest.mark.parametrize("x_shape,w_shape,row_chunk", [
+    ((2, 64, 48), (48, 24), None),       # dW: x is the larger operand, dy is transposed
+    ((2, 64, 24), (24, 48), None),       # dW: x is the smaller operand, x is transposed
+    ((2, 3, 16, 8), (8, 4, 3), None),    # multi-dim output
+    ((2, 64, 48), (48, 24), 48),         # dW over 128 rows in chunks of 48, 48 and 32
+    ((2, 64, 24), (24, 48), 32),         # 4 equal chunks, x transposed
 ])
-def test_bfloat16_values_and_gradients_accumulate_in_float32(x_shape, w_shape):
+def test_bfloat16_values_and_gradients_accumulate_in_float32(x_shape, w_shape, row_chunk,
+                                                             monkeypatch):
     """In bf16 every matmul (y, dx, dW) is the float32-accumulated product of the bf16 operands,
-    rounded once: against a float64 reference of the same bf16 inputs, within one bf16 rounding."""
+    rounded once: against a float64 reference of the same bf16 inputs, within one bf16 rounding.
+    A weight gradient summed over row chunks is still rounded once."""
+    if row_chunk is not None:
+        monkeypatch.setattr(linear_lib, "DW_ROW_CHUNK", row_chunk)
     kx, kw, kc = jax.random.split(jax.random.key(3), 3)
     x = jax.random.normal(kx, x_shape).astype(jnp.bfloat16)
     w = jax.random.normal(kw, w_shape).astype(jnp.bfloat16)
@@ -154,10 +160,12 @@ def test_bfloat16_values_and_gradients_accumulate_in_float32(x_shape, w_shape):
         assert np.all(err <= 2.0 ** -8 * np.abs(want) + 1e-4 * np.abs(want).max()), err.max()
 
 
-def test_bfloat16_matmuls_are_not_upcast():
+@pytest.mark.parametrize("row_chunk,dw_matmuls", [(1024, 1), (128, 4)])
+def test_bfloat16_matmuls_are_not_upcast(row_chunk, dw_matmuls, monkeypatch):
     """Every matmul of the compiled bf16 backward (dx and dW) takes bf16 operands: XLA:CPU upcasts
     to float32 a bf16 dot it cannot give YNNPACK, one with a bf16 result or a transposed operand
-    (module docstring)."""
+    (module docstring). That holds for each row chunk of the weight gradient too."""
+    monkeypatch.setattr(linear_lib, "DW_ROW_CHUNK", row_chunk)
     x = jnp.ones((512, 96), jnp.bfloat16)
     w = jnp.ones((96, 160), jnp.bfloat16)
     dy = jnp.ones((512, 160), jnp.bfloat16)
@@ -166,7 +174,7 @@ def test_bfloat16_matmuls_are_not_upcast():
     entry = entry[:entry.index("\n}")]  # the program's own instructions, not fusions' insides
     dtype_of = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", entry))
     matmuls = [line for line in entry.splitlines() if "__ynn_fusion" in line or " dot(" in line]
-    assert len(matmuls) == 2, entry
+    assert len(matmuls) == 1 + dw_matmuls, entry
     for line in matmuls:
         operands = re.search(r"(?:fusion|dot)\(([^)]*)\)", line).group(1)
         names = re.findall(r"%([\w.\-]+)", operands)

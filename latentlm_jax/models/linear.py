@@ -34,6 +34,9 @@ import jax.numpy as jnp
 
 from latentlm_jax.parallel.logical import target_platform
 
+# Token rows per chunk of a 16-bit weight gradient on CPU (see `_weight_gradient_cpu`).
+DW_ROW_CHUNK = 1024
+
 
 def _forward(x: jax.Array, w: jax.Array) -> jax.Array:
     return jnp.tensordot(x, w, axes=1)
@@ -59,11 +62,19 @@ def _weight_gradient_cpu(x2: jax.Array, dy2: jax.Array) -> jax.Array:
         # One 2-D xᵀ·dy: XLA:CPU runs it as one matmul with a transposed operand and no copy; a
         # tensordot over the leading axes became a YNNPACK dot fed by a transpose copy.
         return jnp.dot(x2.T, dy2)
-    # Transpose the smaller operand and reverse its rows; reverse the product's rows back.
+    # Transpose the smaller operand and reverse its rows; reverse the product's rows back. The
+    # token rows go in chunks: the reversed transposes of chunks that stay in cache run ~3×
+    # faster than one of all rows; the partial products are summed in float32.
     f32 = jnp.float32
-    if x2.shape[1] <= dy2.shape[1]:
-        return jnp.flip(jnp.dot(jnp.flip(x2.T, 0), dy2, preferred_element_type=f32), 0)
-    return jnp.flip(jnp.dot(jnp.flip(dy2.T, 0), x2, preferred_element_type=f32), 0).T
+    flip_first = x2.shape[1] <= dy2.shape[1]
+    a, b = (x2, dy2) if flip_first else (dy2, x2)
+    acc = None
+    for i in range(0, a.shape[0], DW_ROW_CHUNK):
+        part = jnp.dot(jnp.flip(a[i:i + DW_ROW_CHUNK].T, 0), b[i:i + DW_ROW_CHUNK],
+                       preferred_element_type=f32)
+        acc = part if acc is None else acc + part
+    acc = jnp.flip(acc, 0)
+    return acc if flip_first else acc.T
 
 
 def _bias_gradient_cpu(dy2: jax.Array) -> jax.Array:
