@@ -12,6 +12,7 @@ from jax.sharding import PartitionSpec
 
 from latentlm_jax.diffusion.loss import diffusion_loss
 from latentlm_jax.diffusion.schedules import make_schedule
+from latentlm_jax.models import diffusion_head
 from latentlm_jax.models.diffusion_head import DiffusionHead, split_modulations
 
 D, E, W = 6, 24, 32
@@ -164,3 +165,34 @@ def test_split_modulations_is_the_slices_and_its_gradient_one_concatenate():
     np.testing.assert_allclose(grad, 2 * mod * weights[:, None], rtol=1e-6)
     jaxpr = str(jax.make_jaxpr(jax.grad(loss))(mod))
     assert "concatenate" in jaxpr and " pad[" not in jaxpr
+
+
+def _within_one_bf16_rounding(got, want64):
+    """got (bf16) is want64 (float64) rounded once: |error| ≤ half a bf16 ulp, at most 2⁻⁸·|value|
+    with 8 significant bits, plus float32 round-off."""
+    err = np.abs(np.asarray(got, np.float64) - want64)
+    return np.all(err <= 2.0 ** -8 * np.abs(want64) + 1e-6 * np.abs(want64).max())
+
+
+@pytest.mark.parametrize("name", ["modulate", "gated_residual", "silu"])
+def test_bfloat16_elementwise_helpers_round_once(name):
+    """In bf16 the head's elementwise chains are computed in float32 and rounded once (profile
+    finding 14): within one rounding of a float64 reference of the same bf16 inputs, which
+    rounding after every op (the plain bf16 expression) is not."""
+    keys = jax.random.split(jax.random.key(4), 3)
+    a, b, c = (jax.random.normal(k, (64, 256)).astype(jnp.bfloat16) for k in keys)
+    a64, b64, c64 = (np.asarray(v, np.float64) for v in (a, b, c))
+    fn, plain, want = {
+        "modulate": (lambda: diffusion_head.modulate(a, b, c), lambda: a * (1 + c) + b,
+                     a64 * (1 + c64) + b64),
+        "gated_residual": (lambda: diffusion_head.gated_residual(a, b, c), lambda: a + b * c,
+                           a64 + b64 * c64),
+        "silu": (lambda: diffusion_head.silu(a), lambda: a * jax.nn.sigmoid(a),
+                 a64 / (1 + np.exp(-a64))),
+    }[name]
+    got = fn()
+    assert got.dtype == jnp.bfloat16 and got.shape == a.shape
+    assert _within_one_bf16_rounding(got, want)
+    assert not _within_one_bf16_rounding(plain(), want)  # the reference can tell the two apart
+    x32 = a.astype(jnp.float32)
+    assert diffusion_head.modulate(x32, x32, x32).dtype == jnp.float32

@@ -260,3 +260,19 @@ def test_tied_logits_and_their_gradients_match_numpy(dtype, tol):
                       (g_state["embedding"][...], np.einsum("blv,ble->ve", cot, x64))):
         np.testing.assert_allclose(np.asarray(got, np.float64), want,
                                    atol=tol * np.abs(want).max())
+
+
+def test_bfloat16_swiglu_rounds_its_hidden_once():
+    """In bf16, silu(x W_gate) ⊙ x W_up is computed in float32 from the two (rounded) matmul
+    results and rounded once (profile finding 14): the output equals W_down applied to the
+    float64 product rounded to bf16, up to float32 round-off in the last matmul."""
+    mlp = layers.SwiGLU(32, 96, init_std=0.2, dtype=jnp.bfloat16, rngs=nnx.Rngs(3))
+    x = jax.random.normal(jax.random.key(5), (4, 16, 32)).astype(jnp.bfloat16)
+    dt = jnp.bfloat16
+    g = np.asarray(layers.linear(x, mlp.gate[...].astype(dt)), np.float64)
+    u = np.asarray(layers.linear(x, mlp.up[...].astype(dt)), np.float64)
+    h = jnp.asarray(g / (1 + np.exp(-g)) * u, jnp.float32).astype(dt)
+    want = layers.linear(h, mlp.down[...].astype(dt))
+    got = mlp(x)
+    assert got.dtype == dt
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
