@@ -23,10 +23,11 @@ In 16-bit dtypes on CPU two more things decide the speed (docs/benchmarks.md, pr
   bfloat16 one (~1.7× faster). The token rows go in chunks of ``DW_ROW_CHUNK``, summed in
   float32: the reversed transpose of a chunk that stays in cache is ~3× faster per byte than one
   of all rows (profile finding 13: bf16 bench_ref −9.6% on an AMX host).
-- A bias gradient Σ dy over every row is a [1, rows] · [rows, n] matmul with a row of ones,
-  accumulated and returned in float32 (autodiff's would be rounded to 16 bits first). XLA:CPU
-  splits a low-precision reduction that large into reduce-windows, which took 51 ms each for the
-  diffusion head's adaLN biases of ``configs/bench_ref.py`` (profile finding 9).
+- A bias gradient Σ dy over every row is summed from dy converted to float32, and returned in
+  float32 (autodiff's would be rounded to 16 bits first). XLA:CPU split the 16-bit reduction
+  into reduce-windows, which took 51 ms each for the diffusion head's adaLN biases of
+  ``configs/bench_ref.py`` (profile finding 9); a [1, rows] · [rows, n] matmul with a row of
+  ones, which replaced it, is 4.5× slower than the float32 sum (profile finding 14).
 """
 
 from __future__ import annotations
@@ -81,8 +82,7 @@ def _weight_gradient_cpu(x2: jax.Array, dy2: jax.Array) -> jax.Array:
 def _bias_gradient_cpu(dy2: jax.Array) -> jax.Array:
     """Σ over the rows of dy2 [rows, n] → [n], float32 (module docstring)."""
     if _is_16bit(dy2):
-        ones = jnp.ones((1, dy2.shape[0]), dy2.dtype)
-        return jnp.dot(ones, dy2, preferred_element_type=jnp.float32)[0]
+        return jnp.sum(dy2.astype(jnp.float32), axis=0)
     return jnp.sum(dy2, axis=0)
 
 
