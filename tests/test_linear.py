@@ -167,12 +167,15 @@ def test_bfloat16_values_and_gradients_accumulate_in_float32(x_shape, w_shape, r
         assert np.all(err <= 2.0 ** -8 * np.abs(want) + 1e-4 * np.abs(want).max()), err.max()
 
 
-@pytest.mark.parametrize("row_chunk,dw_matmuls", [(1024, 1), (128, 4)])
-def test_bfloat16_matmuls_are_not_upcast(row_chunk, dw_matmuls, monkeypatch):
+@pytest.mark.parametrize("row_chunk,max_chunks,dw_matmuls", [(1024, 16, 1), (128, 16, 4),
+                                                              (64, 3, 3)])
+def test_bfloat16_matmuls_are_not_upcast(row_chunk, max_chunks, dw_matmuls, monkeypatch):
     """Every matmul of the compiled bf16 backward (dx and dW) takes bf16 operands: XLA:CPU upcasts
     to float32 a bf16 dot it cannot give YNNPACK, one with a bf16 result or a transposed operand
-    (module docstring). That holds for each row chunk of the weight gradient too."""
+    (module docstring). That holds for each row chunk of the weight gradient too, and the rows
+    are cut into at most ``DW_MAX_CHUNKS`` chunks (512 rows, 64 per chunk, at most 3: 171 each)."""
     monkeypatch.setattr(linear_lib, "DW_ROW_CHUNK", row_chunk)
+    monkeypatch.setattr(linear_lib, "DW_MAX_CHUNKS", max_chunks)
     x = jnp.ones((512, 96), jnp.bfloat16)
     w = jnp.ones((96, 160), jnp.bfloat16)
     dy = jnp.ones((512, 160), jnp.bfloat16)

@@ -37,8 +37,10 @@ import jax.numpy as jnp
 
 from latentlm_jax.parallel.logical import target_platform
 
-# Token rows per chunk of a 16-bit weight gradient on CPU (see `_weight_gradient_cpu`).
+# Token rows per chunk of a 16-bit weight gradient on CPU (see `_weight_gradient_cpu`), and the
+# most chunks one gradient is cut into (more rows make longer chunks, not more matmuls to compile).
 DW_ROW_CHUNK = 1024
+DW_MAX_CHUNKS = 16
 
 
 def _forward(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -70,10 +72,10 @@ def _weight_gradient_cpu(x2: jax.Array, dy2: jax.Array) -> jax.Array:
     f32 = jnp.float32
     flip_first = x2.shape[1] <= dy2.shape[1]
     a, b = (x2, dy2) if flip_first else (dy2, x2)
+    rows = max(DW_ROW_CHUNK, -(-a.shape[0] // DW_MAX_CHUNKS))
     acc = None
-    for i in range(0, a.shape[0], DW_ROW_CHUNK):
-        part = jnp.dot(jnp.flip(a[i:i + DW_ROW_CHUNK].T, 0), b[i:i + DW_ROW_CHUNK],
-                       preferred_element_type=f32)
+    for i in range(0, a.shape[0], rows):
+        part = jnp.dot(jnp.flip(a[i:i + rows].T, 0), b[i:i + rows], preferred_element_type=f32)
         acc = part if acc is None else acc + part
     acc = jnp.flip(acc, 0)
     return acc if flip_first else acc.T
