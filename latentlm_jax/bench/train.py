@@ -85,8 +85,11 @@ def _split_params(params: dict) -> tuple[dict, dict]:
 
 
 def bench_train(config: mlc.ConfigDict, *, steps: int = 5, warmup: int = 2,
-                xla_flops: bool = True) -> dict[str, Any]:
-    """Compiles and times ``config``'s train step and its parts; returns every figure."""
+                xla_flops: bool = True, profile_dir: str = "",
+                profile_steps: int = 3) -> dict[str, Any]:
+    """Compiles and times ``config``'s train step and its parts; returns every figure.
+    ``profile_dir``: after the timed steps, traces ``profile_steps`` more into that local folder
+    and adds their per-op summary as ``out["profile"]`` (latentlm_jax/bench/profile.py)."""
     from latentlm_jax.parallel.mesh import num_slices
     from latentlm_jax.parallel.mesh_check import check_mesh
     from latentlm_jax.train.setup import build_setup
@@ -98,6 +101,12 @@ def bench_train(config: mlc.ConfigDict, *, steps: int = 5, warmup: int = 2,
     if steps < 1 or warmup < 0:
         raise ConfigError("", f"bench train needs --steps ≥ 1 and --warmup ≥ 0, got "
                               f"{steps} and {warmup}")
+    if profile_dir and profile_steps < 1:
+        raise ConfigError("", f"bench train --profile needs --profile-steps ≥ 1, got "
+                              f"{profile_steps}")
+    if "://" in profile_dir:
+        raise ConfigError("", f"bench train --profile writes a trace it then reads back: give a "
+                              f"local folder, got {profile_dir}")
     devices = jax.devices()
     check_mesh(config, len(devices), num_slices(devices))
     peak, peak_source = measure_peak(config)
@@ -148,6 +157,14 @@ def bench_train(config: mlc.ConfigDict, *, steps: int = 5, warmup: int = 2,
     step_times = step_times[warmup:]
     latents_seen = latents_seen[warmup:]
 
+    def traced_step() -> Any:  # untimed, unrecorded: the profiler's calls
+        nonlocal state
+        state, metrics = step(state, batch)
+        return state, metrics
+
+    profile = _profile(traced_step, step.as_text(), profile_dir, profile_steps,
+                       peak) if profile_dir else None
+
     try:
         parts, parts_compile_s = _time_parts(setup, config, state, batch, next_batch, warmup,
                                              steps)
@@ -185,11 +202,32 @@ def bench_train(config: mlc.ConfigDict, *, steps: int = 5, warmup: int = 2,
         out[f"part_{name}_s"] = float(np.median(times))
         if name in part_flops:
             out[f"part_{name}_mfu"] = part_flops[name] / out[f"part_{name}_s"] / n_dev / 1e12 / peak
+    if profile is not None:
+        out["profile"] = profile
     if xla_flops:
         from latentlm_jax.bench.memory import hlo_flops
 
         out["xla_flops_per_step"] = hlo_flops(config)
     return out
+
+
+def _profile(call: Callable[[], Any], hlo_text: str, out_dir: str, calls: int,
+             peak_tflops: float) -> dict[str, Any]:
+    """Traces ``calls`` train steps into ``out_dir`` and summarizes them per op; writes the
+    compiled step's HLO (``train_step.hlo.txt``) and the summary (``profile_summary.json``)
+    beside the trace."""
+    import json
+    import os
+
+    from latentlm_jax.bench.profile import profile_calls, summarize
+
+    trace, timings = profile_calls(call, calls, out_dir)
+    with open(os.path.join(out_dir, "train_step.hlo.txt"), "w") as f:
+        f.write(hlo_text)
+    summary = summarize(trace, hlo_text, calls, peak_flops=peak_tflops * 1e12, timings=timings)
+    with open(os.path.join(out_dir, "profile_summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    return summary
 
 
 def _time_parts(setup, config: mlc.ConfigDict, state: dict, batch: dict[str, jax.Array],

@@ -46,6 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--steps", type=int, default=5, help="timed steps (and calls per part)")
     train.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
     train.add_argument("--json", default="", help="append one JSON line with every figure here")
+    train.add_argument("--profile", default="", metavar="DIR",
+                       help="after the timed steps, trace more steps into this local folder "
+                            "(jax.profiler: TensorBoard/Perfetto) and print where their time "
+                            "went, per op and per matmul shape")
+    train.add_argument("--profile-steps", type=int, default=3, help="steps traced by --profile")
     train.add_argument("--no-xla-flops", action="store_true",
                        help="skip XLA's cost analysis of the step (one more lowering)")
 
@@ -96,10 +101,18 @@ def _bench_train(config, args: argparse.Namespace) -> int:
     if config.data.source != "synthetic":
         _check_real_data(config)
     out = bench_train(config, steps=args.steps, warmup=args.warmup,
-                      xla_flops=not args.no_xla_flops)
+                      xla_flops=not args.no_xla_flops, profile_dir=args.profile,
+                      profile_steps=args.profile_steps)
     print(f"bench train: {args.config} {' '.join(args.config_overrides)}".rstrip())
     for line in report_lines(out, config):
         print(line)
+    if "profile" in out:
+        from latentlm_jax.bench.profile import summary_lines
+
+        for line in summary_lines(out["profile"]):
+            print(line)
+        print(f"  trace, HLO and summary in {args.profile} (TensorBoard: tensorboard --logdir "
+              f"{args.profile}; Perfetto: {out['profile']['trace_file']})")
     if args.json:
         out.update(config=args.config, overrides=list(args.config_overrides))
         with paths.open_file(args.json, "a") as f:

@@ -1,0 +1,250 @@
+"""Where a compiled program's time goes: a ``jax.profiler`` trace of a few calls, read back and
+summed per XLA op, with each matmul's FLOPs parsed from the compiled HLO.
+
+``profile_calls`` traces ``calls`` calls of a function into a folder (TensorBoard's profile plugin
+and Perfetto read it: ``<dir>/plugins/profile/<run>/<host>.xplane.pb`` and ``.trace.json.gz``).
+``summarize`` reads the Perfetto trace back and keeps the events named after an instruction of
+the compiled module (what XLA's runtimes name their op events, on CPU, GPU and TPU alike), so
+Python and runtime bookkeeping drop out. It reports, per call:
+
+- the op time summed over all events — on XLA:CPU independent ops run concurrently on the host's
+  cores, so this is thread time and can exceed the wall time;
+- every matmul (a ``dot``, alone or inside a fusion) grouped by shape, with its FLOPs (2·M·N·K
+  from the HLO, times its executions per call: a scanned layer's once per layer) and the rate
+  its events imply. XLA:CPU's Eigen matmuls run on Eigen's own thread
+  pool and their events time only the dispatch: a rate above ``async_above`` (1.5× the measured
+  peak, when given) is marked ``async`` rather than believed;
+- the other ops grouped by the JAX operation that produced them (HLO ``op_name`` metadata), and
+  the slowest single ops.
+
+This is how docs/benchmarks.md's "profile findings" were made; ``latentlm bench train --profile
+DIR`` runs it on a config's train step.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import resource
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*)$")
+_ARRAY = re.compile(r"^\w+\[([\d,]*)\]")
+# Ops whose events span the ops they run (a scanned layer loop): timed through those ops instead.
+CONTAINERS = frozenset({"while", "conditional", "call"})
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) ")
+_DOT = re.compile(r"\bdot\(%([\w.\-]+), %([\w.\-]+)\)")
+_CALLS = re.compile(r"calls=%([\w.\-]+)")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def _dims(text: str) -> tuple[int, ...]:
+    return tuple(int(d) for d in text.split(",") if d)
+
+
+def _product(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= d
+    return n
+
+
+def _shape_and_opcode(rest: str) -> tuple[tuple[int, ...], str]:
+    """``f32[8,4]{1,0} fusion(...)`` → ((8, 4), "fusion"); a tuple shape gives ()."""
+    if rest.startswith("("):  # a tuple: skip to its closing parenthesis
+        depth, end = 0, len(rest)
+        for pos, ch in enumerate(rest):
+            depth += (ch == "(") - (ch == ")")
+            if depth == 0:
+                end = pos + 1
+                break
+        shape, after = (), rest[end:]
+    else:
+        head, _, after = rest.partition(" ")
+        m = _ARRAY.match(head)
+        shape = _dims(m.group(1)) if m else ()
+    op = re.match(r"\s*([\w\-]+)\(", after)
+    return shape, op.group(1) if op else ""
+
+
+def parse_hlo(hlo_text: str) -> dict[str, dict[str, Any]]:
+    """Every instruction of a compiled HLO module's text: ``{name: {"shape", "opcode", "line",
+    "computation", "entry", "op_name", "flops", "dot"}}`` (``entry``: in the ENTRY
+    computation). ``flops`` is 2·(output elements)·(contracted
+    size) for a ``dot``, and for an instruction that calls a computation (a fusion) the sum over
+    the dots inside it; ``dot`` is ``"[out] = [lhs] · [rhs]"`` (a fusion's dots joined by
+    ``;``)."""
+    computations: dict[str, list[str]] = {}
+    instructions: dict[str, dict[str, Any]] = {}
+    current, entry = None, False
+    for line in hlo_text.splitlines():
+        if line and not line[0].isspace() and line.rstrip().endswith("{"):
+            m = _COMPUTATION.match(line)
+            current, entry = (m.group(1) if m else None), line.startswith("ENTRY ")
+            if current:
+                computations[current] = []
+            continue
+        m = _INSTRUCTION.match(line)
+        if m and current is not None:
+            name = m.group(1)
+            op = _OP_NAME.search(line)
+            shape, opcode = _shape_and_opcode(m.group(2))
+            instructions[name] = {"shape": shape, "opcode": opcode, "line": line.strip(),
+                                  "computation": current, "entry": entry,
+                                  "op_name": op.group(1) if op else "", "flops": 0, "dot": ""}
+            computations[current].append(name)
+    for info in instructions.values():  # the dots themselves
+        m = _DOT.search(info["line"])
+        contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", info["line"])
+        if m and contracting and m.group(1) in instructions and m.group(2) in instructions:
+            lhs = instructions[m.group(1)]["shape"]
+            rhs = instructions[m.group(2)]["shape"]
+            k = _product(lhs[int(d)] for d in _dims(contracting.group(1)))
+            info["flops"] = 2 * _product(info["shape"]) * k
+            info["dot"] = f"{list(info['shape'])} = {list(lhs)} · {list(rhs)}"
+    for info in instructions.values():  # fusions and calls: the dots of what they call
+        m = _CALLS.search(info["line"])
+        if m and not info["flops"] and m.group(1) in computations:
+            inner = [instructions[n] for n in computations[m.group(1)] if instructions[n]["flops"]]
+            info["flops"] = sum(i["flops"] for i in inner)
+            info["dot"] = "; ".join(i["dot"] for i in inner)
+    return instructions
+
+
+def profile_calls(fn: Callable[[], Any], calls: int, out_dir: str
+                  ) -> tuple[str, list[dict[str, float]]]:
+    """Runs ``fn`` (which returns arrays to wait for) ``calls`` times under ``jax.profiler`` into
+    ``out_dir``. Returns the Perfetto trace file written (``….trace.json.gz``) and each call's
+    wall seconds and minor page faults: a call that faulted ran into fresh heap pages (the host
+    heap grew; docs/benchmarks.md, profile finding 8) and its ops look slower than they are."""
+    if calls < 1:
+        raise ValueError(f"profile_calls needs calls ≥ 1, got {calls}")
+    os.makedirs(out_dir, exist_ok=True)
+    before = set(glob.glob(os.path.join(out_dir, "**", "*.trace.json.gz"), recursive=True))
+    timings = []
+    with jax.profiler.trace(out_dir, create_perfetto_trace=True):
+        for _ in range(calls):
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            timings.append({"seconds": time.perf_counter() - t0, "page_faults": float(
+                resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)})
+    new = sorted(set(glob.glob(os.path.join(out_dir, "**", "*.trace.json.gz"),
+                               recursive=True)) - before, key=os.path.getmtime)
+    if not new:
+        raise RuntimeError(f"jax.profiler wrote no Perfetto trace under {out_dir}")
+    return new[-1], timings
+
+
+def op_event_times(trace_file: str, names: set[str] | dict[str, Any]
+                   ) -> dict[str, tuple[float, int]]:
+    """(seconds summed, number of events) per op, over the trace's complete events whose name is
+    one of ``names``. An op inside a loop body has one event per iteration."""
+    with gzip.open(trace_file, "rt") as f:
+        events = json.load(f)["traceEvents"]
+    seconds: dict[str, float] = collections.defaultdict(float)
+    counts: dict[str, int] = collections.defaultdict(int)
+    for e in events:
+        if e.get("ph") == "X" and e.get("name") in names and "dur" in e:
+            seconds[e["name"]] += e["dur"] * 1e-6
+            counts[e["name"]] += 1
+    return {n: (seconds[n], counts[n]) for n in seconds}
+
+
+def _group(info: dict[str, Any]) -> str:
+    """``jit(train_step)/transpose(jvp(...))/mul`` → ``transpose(jvp(...))/mul``; an op that no
+    JAX operation named (a copy XLA inserted) by its opcode: ``(copy)``."""
+    op_name = info["op_name"]
+    if not op_name:
+        return f"({info['opcode'] or 'unnamed'})"
+    return op_name.split("/", 1)[1] if op_name.startswith("jit(") and "/" in op_name else op_name
+
+
+def summarize(trace_file: str, hlo_text: str, calls: int, *, peak_flops: float = 0.0,
+              top: int = 15, timings: list[dict[str, float]] | None = None) -> dict[str, Any]:
+    """Per-call op times of a traced compiled module (module docstring). ``peak_flops`` (FLOP/s,
+    0 = unknown) marks matmul rows whose implied rate exceeds 1.5× it as ``async``;
+    ``timings`` (from :func:`profile_calls`) is kept as the summary's ``"timings"``."""
+    hlo = parse_hlo(hlo_text)
+    timed_ops = {n for n, info in hlo.items() if info["opcode"] not in CONTAINERS}
+    seconds = op_event_times(trace_file, timed_ops)
+    if not seconds:
+        raise RuntimeError(f"no op of the compiled module appears in {trace_file}")
+    per_call = {n: t / calls for n, (t, _) in seconds.items()}
+    runs = {n: k / calls for n, (_, k) in seconds.items()}  # executions per call (loop bodies)
+    async_above = 1.5 * peak_flops if peak_flops > 0 else float("inf")
+    matmuls: dict[str, dict[str, float]] = {}
+    others: dict[str, dict[str, float]] = {}
+    for name, s in per_call.items():
+        info = hlo[name]
+        if info["flops"]:
+            row = matmuls.setdefault(info["dot"], {"seconds": 0.0, "flops": 0.0, "count": 0})
+            row["flops"] += info["flops"] * runs[name]
+        else:
+            row = others.setdefault(_group(info), {"seconds": 0.0, "count": 0})
+        row["seconds"] += s
+        row["count"] += round(runs[name])
+    matmul_rows = []
+    for dot, row in sorted(matmuls.items(), key=lambda kv: -kv[1]["seconds"]):
+        rate = row["flops"] / row["seconds"] if row["seconds"] > 0 else float("inf")
+        matmul_rows.append({"dot": dot, **row, "flops_per_s": rate,
+                            "async": rate > async_above})
+    timed = [r for r in matmul_rows if not r["async"]]
+    mm_s = sum(r["seconds"] for r in timed)
+    mm_flops = sum(r["flops"] for r in timed)
+    other_s = sum(r["seconds"] for r in others.values())
+    slowest = sorted(per_call.items(), key=lambda kv: -kv[1])[:top]
+    return {
+        "calls": calls, "trace_file": trace_file, "timings": timings or [],
+        "op_seconds": sum(per_call.values()),
+        "matmul_seconds": mm_s, "matmul_flops": mm_flops,
+        "matmul_flops_per_s": mm_flops / mm_s if mm_s > 0 else 0.0,
+        "async_matmul_flops": sum(r["flops"] for r in matmul_rows if r["async"]),
+        "other_seconds": other_s, "matmuls": matmul_rows,
+        "others": [{"op": k, **v} for k, v in sorted(others.items(),
+                                                      key=lambda kv: -kv[1]["seconds"])],
+        "slowest": [{"name": n, "seconds": t, "shape": list(hlo[n]["shape"]),
+                     "op": _group(hlo[n]), "flops": hlo[n]["flops"] * runs[n]}
+                    for n, t in slowest],
+    }
+
+
+def summary_lines(s: dict[str, Any], top: int = 12) -> list[str]:
+    """The human-readable report of :func:`summarize`."""
+    ms = 1e3
+    lines = [
+        f"profile: {s['calls']} traced calls; per call, op time summed over threads "
+        f"{s['op_seconds'] * ms:.1f} ms",
+        f"  matmuls          {s['matmul_seconds'] * ms:9.1f} ms  "
+        f"{s['matmul_flops'] / 1e9:8.2f} GFLOP  {s['matmul_flops_per_s'] / 1e9:7.1f} GFLOP/s",
+        f"  other ops        {s['other_seconds'] * ms:9.1f} ms",
+    ]
+    if s["timings"]:
+        lines.append("  traced calls     " + ", ".join(
+            f"{t['seconds']:.3f} s" + (f" ({t['page_faults']:,.0f} page faults)"
+                                       if t["page_faults"] else "") for t in s["timings"]))
+        if any(t["page_faults"] for t in s["timings"]):
+            lines.append("  (a call with page faults wrote into fresh heap pages: its ops look "
+                         "slower than they are; trace again for a clean profile)")
+    if s["async_matmul_flops"]:
+        lines.append(f"  async matmuls    {s['async_matmul_flops'] / 1e9:8.2f} GFLOP whose events "
+                     "time only their dispatch (Eigen's thread pool), not counted above")
+    lines.append("  matmuls by shape ([out] = [lhs] · [rhs]; ms per call, GFLOP/s):")
+    for r in s["matmuls"][:top]:
+        rate = "async" if r["async"] else f"{r['flops_per_s'] / 1e9:7.1f}"
+        lines.append(f"    {r['seconds'] * ms:8.2f} ms ×{r['count']:<3d} {rate:>7}  {r['dot']}")
+    lines.append("  other ops by JAX operation (ms per call):")
+    for r in s["others"][:top]:
+        lines.append(f"    {r['seconds'] * ms:8.2f} ms ×{r['count']:<3d} {r['op']}")
+    lines.append("  slowest single ops:")
+    for r in s["slowest"][:top]:
+        lines.append(f"    {r['seconds'] * ms:8.2f} ms  {r['name']} {r['shape']} {r['op']}")
+    return lines
