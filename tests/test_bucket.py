@@ -168,6 +168,30 @@ def test_sentencepiece_from_and_to_a_bucket(bucket):
     assert tok.decode(tok.encode(text)) == text and len(tok.encode("notes C4 E4 G4")) < 10
 
 
+def test_a_profile_window_lands_in_a_bucket_workdir(bucket):
+    """The profiler writes local files: a gs:// workdir gets them copied up when the window ends."""
+    import jax
+    import jax.numpy as jnp
+
+    from latentlm_jax.train.profiling import StepProfiler
+    from tests.helpers import tiny_lm_config
+
+    c = tiny_lm_config()
+    c.train.profile_start_step, c.train.profile_steps = 0, 1
+    said = []
+    workdir = f"{bucket}/profiled"
+    profiler = StepProfiler(c, workdir, 0, said.append)
+    f = jax.jit(lambda x: jnp.tanh(x @ x))
+    profiler.before_step(0)
+    assert profiler.active and not paths.is_url(profiler.local)
+    state = f(jnp.ones((16, 16)))
+    profiler.after_step(1, state)
+    assert not profiler.active and not os.path.exists(profiler.local)
+    assert any(n.startswith("profile/") and n.endswith(".xplane.pb") for n in names(workdir))
+    assert said == [f"profiled steps 1–1 into {workdir}/profile "
+                    f"(tensorboard --logdir {workdir}/profile)"]
+
+
 def test_metrics_writer_rewrites_the_object_on_resume(bucket):
     """metrics.jsonl cannot be appended to in a bucket: a second writer keeps the first's rows;
     TensorBoard's event file lands there too."""

@@ -129,3 +129,35 @@ def test_bad_profile_arguments_are_one_line(tmp_path, args, message):
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------- train.profile_start_step in the trainer
+def test_training_traces_the_configured_steps(tmp_path, capsys):
+    from latentlm_jax.cli import main as cli_main
+    from tests.test_storage_faults import TINY, train
+
+    assert train(tmp_path, "--config.train.profile_start_step=1",
+                 "--config.train.profile_steps=2") == 0
+    out = capsys.readouterr().out
+    assert f"profiled steps 2–3 into {tmp_path}/profile" in out
+    planes = list((tmp_path / "profile").rglob("*.xplane.pb"))
+    assert len(planes) == 1 and planes[0].stat().st_size > 0
+    # resumed after the window: one line says the window is not traced again
+    assert cli_main.main(["train", "--config", config_path("lm_tiny.py"), "--workdir",
+                          str(tmp_path), *TINY, "--config.train.num_steps=6",
+                          "--config.train.profile_start_step=1"]) == 0
+    assert "is before this run's first step 4 (resumed): not profiling" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("setting, message", [
+    (("--config.train.profile_start_step=3",), "the profiled steps 4–6 end after "
+                                               "train.num_steps=4"),
+    (("--config.train.profile_start_step=-2",), "must be ≥ 0, or -1 (off)"),
+    (("--config.train.profile_start_step=0", "--config.train.profile_steps=0"),
+     "train.profile_steps"),
+])
+def test_a_profile_window_outside_the_run_is_one_line(tmp_path, capsys, setting, message):
+    from tests.test_storage_faults import one_line, train
+
+    assert train(tmp_path / "w", *setting) == 2
+    one_line(capsys, message)

@@ -194,6 +194,11 @@ def base_config() -> mlc.ConfigDict:
     # max_nonfinite such steps in a row.
     t.nonfinite = "halt"  # halt | skip
     t.max_nonfinite = 10
+    # jax.profiler trace of train steps [profile_start_step, + profile_steps) into
+    # <workdir>/profile (TensorBoard's profile plugin); -1 = off. Counts completed steps: 0 traces
+    # from the first step (compiled ahead, so compilation is not in the trace).
+    t.profile_start_step = -1
+    t.profile_steps = 3
 
     # ------------------------------------------------------------------ checkpoints
     k = c.checkpoint = mlc.ConfigDict()

@@ -157,6 +157,16 @@ def check_values(config: mlc.ConfigDict) -> None:
         raise ConfigError("train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
     _choice(config, "train.nonfinite", ("halt", "skip"))
     _positive(config, "train.max_nonfinite")
+    _positive(config, "train.profile_steps")
+    if t.profile_start_step < -1:
+        raise ConfigError("train.profile_start_step", f"must be ≥ 0, or -1 (off), got "
+                                                      f"{t.profile_start_step}")
+    if t.profile_start_step + t.profile_steps > t.num_steps and t.profile_start_step >= 0:
+        raise ConfigError("train.profile_start_step", f"the profiled steps "
+                                                      f"{t.profile_start_step + 1}–"
+                                                      f"{t.profile_start_step + t.profile_steps}"
+                                                      f" end after train.num_steps="
+                                                      f"{t.num_steps}")
     if t.grad_clip < 0 or t.weight_decay < 0:
         raise ConfigError("train.grad_clip", "grad_clip and weight_decay must be ≥ 0")
     if t.global_batch_size % t.grad_accum_steps:

@@ -31,6 +31,7 @@ from latentlm_jax.train.flops import calibrate_peak_tflops
 from latentlm_jax.train.metrics import MetricsWriter, format_duration, format_rate
 from latentlm_jax.train.nonfinite import NonFiniteGuard
 from latentlm_jax.train.preemption import SignalFlag, agreement
+from latentlm_jax.train.profiling import StepProfiler
 from latentlm_jax.train.setup import build_setup
 from latentlm_jax.train.workdir_check import checkpoint_write_error, probe_workdir, step_dirs
 
@@ -123,6 +124,7 @@ def train(config: mlc.ConfigDict, workdir: str, stop_at: int | None = None,
     window_t0, window_steps, data_wait = time.perf_counter(), 0, 0.0
     run_t0, run_steps = window_t0, 0
     guard = NonFiniteGuard(config.train)  # a NaN step stops the run here, never in a checkpoint
+    profiler = StepProfiler(config, workdir, start, say)  # train.profile_start_step
 
     saving: list[int | None] = [None]  # the newest save's step: an async write fails later
 
@@ -160,8 +162,10 @@ def train(config: mlc.ConfigDict, workdir: str, stop_at: int | None = None,
                     data_wait += time.perf_counter() - t0
                 else:
                     batch, pending = pending, None
+                profiler.before_step(step)
                 train_state, metrics = step_fn(train_state, batch)
                 step += 1
+                profiler.after_step(step, train_state)
                 guard.record(step, metrics)
                 window_steps += 1
                 run_steps += 1
@@ -209,6 +213,7 @@ def train(config: mlc.ConfigDict, workdir: str, stop_at: int | None = None,
                 f"(train.nonfinite=skip; nonfinite_skipped in metrics.jsonl)")
         return last
     finally:
+        profiler.stop()  # a run that ends inside the window keeps what it traced
         iterator.close()
         manager.close()
         writer.close()
