@@ -24,7 +24,6 @@ DIR`` runs it on a config's train step.
 from __future__ import annotations
 
 import collections
-import glob
 import gzip
 import json
 import os
@@ -35,6 +34,8 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+
+from latentlm_jax import paths
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*)$")
 _ARRAY = re.compile(r"^\w+\[([\d,]*)\]")
@@ -127,8 +128,9 @@ def profile_calls(fn: Callable[[], Any], calls: int, out_dir: str
     heap grew; docs/benchmarks.md, profile finding 8) and its ops look slower than they are."""
     if calls < 1:
         raise ValueError(f"profile_calls needs calls ≥ 1, got {calls}")
-    os.makedirs(out_dir, exist_ok=True)
-    before = set(glob.glob(os.path.join(out_dir, "**", "*.trace.json.gz"), recursive=True))
+    paths.makedirs(out_dir)
+    pattern = os.path.join(out_dir, "**", "*.trace.json.gz")
+    before = set(paths.glob_files(pattern))
     timings = []
     with jax.profiler.trace(out_dir, create_perfetto_trace=True):
         for _ in range(calls):
@@ -137,8 +139,8 @@ def profile_calls(fn: Callable[[], Any], calls: int, out_dir: str
             jax.block_until_ready(fn())
             timings.append({"seconds": time.perf_counter() - t0, "page_faults": float(
                 resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)})
-    new = sorted(set(glob.glob(os.path.join(out_dir, "**", "*.trace.json.gz"),
-                               recursive=True)) - before, key=os.path.getmtime)
+    # run folders are named by their start time (YYYY_MM_DD_HH_MM_SS): the newest sorts last
+    new = sorted(set(paths.glob_files(pattern)) - before)
     if not new:
         raise RuntimeError(f"jax.profiler wrote no Perfetto trace under {out_dir}")
     return new[-1], timings
@@ -148,7 +150,7 @@ def op_event_times(trace_file: str, names: set[str] | dict[str, Any]
                    ) -> dict[str, tuple[float, int]]:
     """(seconds summed, number of events) per op, over the trace's complete events whose name is
     one of ``names``. An op inside a loop body has one event per iteration."""
-    with gzip.open(trace_file, "rt") as f:
+    with paths.open_file(trace_file, "rb") as raw, gzip.open(raw, "rt") as f:
         events = json.load(f)["traceEvents"]
     seconds: dict[str, float] = collections.defaultdict(float)
     counts: dict[str, int] = collections.defaultdict(int)

@@ -217,16 +217,14 @@ def _profile(call: Callable[[], Any], hlo_text: str, out_dir: str, calls: int,
     compiled step's HLO (``train_step.hlo.txt``) and the summary (``profile_summary.json``)
     beside the trace."""
     import json
-    import os
 
+    from latentlm_jax import paths
     from latentlm_jax.bench.profile import profile_calls, summarize
 
     trace, timings = profile_calls(call, calls, out_dir)
-    with open(os.path.join(out_dir, "train_step.hlo.txt"), "w") as f:
-        f.write(hlo_text)
+    paths.write_text(paths.join(out_dir, "train_step.hlo.txt"), hlo_text)
     summary = summarize(trace, hlo_text, calls, peak_flops=peak_tflops * 1e12, timings=timings)
-    with open(os.path.join(out_dir, "profile_summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    paths.write_text(paths.join(out_dir, "profile_summary.json"), json.dumps(summary, indent=1))
     return summary
 
 

@@ -11,7 +11,6 @@ traces the same step program and prints where its time went per op (latentlm_jax
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -39,13 +38,17 @@ class StepProfiler:
                 f"{first_step} (resumed): not profiling")
             self.pending = False
         self.local = ""
+        self.staging: tempfile.TemporaryDirectory | None = None
 
     def before_step(self, step: int) -> None:
         """Called with the number of steps completed, before the next one runs."""
         if self.pending and step == self.start:
-            self.local = (tempfile.mkdtemp(prefix="latentlm-profile-") if paths.is_url(self.dest)
-                          else self.dest)
-            os.makedirs(self.local, exist_ok=True)
+            if paths.is_url(self.dest):
+                self.staging = tempfile.TemporaryDirectory(prefix="latentlm-profile-")
+                self.local = self.staging.name
+            else:
+                self.local = self.dest
+                paths.makedirs(self.local)
             jax.profiler.start_trace(self.local)
             self.active, self.pending = True, False
 
@@ -62,12 +65,11 @@ class StepProfiler:
             jax.block_until_ready(state)  # the window's last step is in the trace
         jax.profiler.stop_trace()
         self.active = False
-        if self.local != self.dest:  # a cloud workdir: copy the local trace up
-            for root, _, files in os.walk(self.local):
-                for name in files:
-                    src = os.path.join(root, name)
-                    rel = os.path.relpath(src, self.local)
-                    paths.copy_file(src, paths.join(self.dest, *rel.split(os.sep)))
-            shutil.rmtree(self.local, ignore_errors=True)
+        if self.staging is not None:  # a cloud workdir: copy the local trace up
+            for src in paths.find_files(self.local):
+                rel = os.path.relpath(src, self.local)
+                paths.copy_file(src, paths.join(self.dest, *rel.split(os.sep)))
+            self.staging.cleanup()
+            self.staging = None
         self.say(f"profiled steps {self.start + 1}–{self.start + self.steps} into {self.dest} "
                  f"(tensorboard --logdir {self.dest})")
