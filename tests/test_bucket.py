@@ -188,8 +188,8 @@ def test_a_profile_window_lands_in_a_bucket_workdir(bucket):
     profiler.after_step(1, state)
     assert not profiler.active and not os.path.exists(profiler.local)
     assert any(n.startswith("profile/") and n.endswith(".xplane.pb") for n in names(workdir))
-    assert said == [f"profiled steps 1–1 into {workdir}/profile "
-                    f"(tensorboard --logdir {workdir}/profile)"]
+    assert said == [f"profiled steps 1–1 into {workdir}/profile (latentlm profile "
+                    f"{workdir}/profile; tensorboard --logdir {workdir}/profile)"]
 
 
 def test_metrics_writer_rewrites_the_object_on_resume(bucket):

@@ -139,9 +139,24 @@ def test_training_traces_the_configured_steps(tmp_path, capsys):
     assert train(tmp_path, "--config.train.profile_start_step=1",
                  "--config.train.profile_steps=2") == 0
     out = capsys.readouterr().out
-    assert f"profiled steps 2–3 into {tmp_path}/profile" in out
+    assert f"profiled steps 2–3 into {tmp_path}/profile (latentlm profile" in out
     planes = list((tmp_path / "profile").rglob("*.xplane.pb"))
     assert len(planes) == 1 and planes[0].stat().st_size > 0
+    # `latentlm profile` reads the window back: two steps, the step's matmuls, once each per step
+    assert cli_main.main(["profile", str(tmp_path / "profile"), "--top", "3"]) == 0
+    report = capsys.readouterr().out
+    assert report.startswith("profile: 2 traced calls")
+    # lm_tiny scans its layers: the loop body's matmuls count once per layer, so the traced
+    # matmul FLOPs per step are the analytic count's (causal attention is computed in full at
+    # this length, as the count assumes)
+    from latentlm_jax.lm.task import LMTask
+    from tests.helpers import tiny_lm_config
+
+    summary = profile.summarize_dir(str(tmp_path / "profile"))
+    c = tiny_lm_config()
+    assert c.model.scan_layers
+    traced = summary["matmul_flops"] + summary["async_matmul_flops"]
+    assert 0.95 < traced / LMTask(c).flops_per_step(c) < 1.05
     # resumed after the window: one line says the window is not traced again
     assert cli_main.main(["train", "--config", config_path("lm_tiny.py"), "--workdir",
                           str(tmp_path), *TINY, "--config.train.num_steps=6",
@@ -161,3 +176,12 @@ def test_a_profile_window_outside_the_run_is_one_line(tmp_path, capsys, setting,
 
     assert train(tmp_path / "w", *setting) == 2
     one_line(capsys, message)
+
+
+def test_profile_of_a_folder_without_a_trace_is_one_line(tmp_path, capsys):
+    from latentlm_jax.cli import main as cli_main
+    from tests.test_storage_faults import one_line
+
+    (tmp_path / "p").mkdir()
+    assert cli_main.main(["profile", str(tmp_path / "p")]) == 2
+    one_line(capsys, "is not a profile folder", profile.HLO_FILE, "*.trace.json.gz")

@@ -18,7 +18,9 @@ Python and runtime bookkeeping drop out. It reports, per call:
   the slowest single ops.
 
 This is how docs/benchmarks.md's "profile findings" were made; ``latentlm bench train --profile
-DIR`` runs it on a config's train step.
+DIR`` runs it on a config's train step, and ``latentlm profile DIR`` on the trace a training run
+wrote (``train.profile_start_step``): both leave the compiled step's HLO (``HLO_FILE``) and the
+number of traced steps (``META_FILE``) beside the trace.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from latentlm_jax import paths
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*)$")
 _ARRAY = re.compile(r"^\w+\[([\d,]*)\]")
+HLO_FILE = "train_step.hlo.txt"
+META_FILE = "profile.json"
 # Ops whose events span the ops they run (a scanned layer loop): timed through those ops instead.
 CONTAINERS = frozenset({"while", "conditional", "call"})
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) ")
@@ -146,19 +150,31 @@ def profile_calls(fn: Callable[[], Any], calls: int, out_dir: str
     return new[-1], timings
 
 
-def op_event_times(trace_file: str, names: set[str] | dict[str, Any]
+def op_event_times(trace_file: str, names: set[str] | dict[str, Any], module: str = ""
                    ) -> dict[str, tuple[float, int]]:
     """(seconds summed, number of events) per op, over the trace's complete events whose name is
-    one of ``names``. An op inside a loop body has one event per iteration."""
+    one of ``names`` and, when ``module`` is given and an event names its HLO module (XLA:CPU's
+    do, in ``args.hlo_module``), whose module is ``module``: other programs that ran or compiled
+    during the trace reuse op names like ``fusion.3``. An op inside a loop body has one event
+    per iteration."""
     with paths.open_file(trace_file, "rb") as raw, gzip.open(raw, "rt") as f:
         events = json.load(f)["traceEvents"]
     seconds: dict[str, float] = collections.defaultdict(float)
     counts: dict[str, int] = collections.defaultdict(int)
     for e in events:
-        if e.get("ph") == "X" and e.get("name") in names and "dur" in e:
-            seconds[e["name"]] += e["dur"] * 1e-6
-            counts[e["name"]] += 1
+        if e.get("ph") != "X" or e.get("name") not in names or "dur" not in e:
+            continue
+        if module and e.get("args", {}).get("hlo_module", module) != module:
+            continue
+        seconds[e["name"]] += e["dur"] * 1e-6
+        counts[e["name"]] += 1
     return {n: (seconds[n], counts[n]) for n in seconds}
+
+
+def module_name(hlo_text: str) -> str:
+    """``HloModule jit_train_step, ...`` → ``jit_train_step`` ("" when the text has no header)."""
+    m = re.search(r"^HloModule ([\w.\-]+)", hlo_text, re.MULTILINE)
+    return m.group(1) if m else ""
 
 
 def _group(info: dict[str, Any]) -> str:
@@ -177,7 +193,7 @@ def summarize(trace_file: str, hlo_text: str, calls: int, *, peak_flops: float =
     ``timings`` (from :func:`profile_calls`) is kept as the summary's ``"timings"``."""
     hlo = parse_hlo(hlo_text)
     timed_ops = {n for n, info in hlo.items() if info["opcode"] not in CONTAINERS}
-    seconds = op_event_times(trace_file, timed_ops)
+    seconds = op_event_times(trace_file, timed_ops, module_name(hlo_text))
     if not seconds:
         raise RuntimeError(f"no op of the compiled module appears in {trace_file}")
     per_call = {n: t / calls for n, (t, _) in seconds.items()}
@@ -250,3 +266,25 @@ def summary_lines(s: dict[str, Any], top: int = 12) -> list[str]:
     for r in s["slowest"][:top]:
         lines.append(f"    {r['seconds'] * ms:8.2f} ms  {r['name']} {r['shape']} {r['op']}")
     return lines
+
+
+def write_profile_files(out_dir: str, hlo_text: str, calls: int) -> None:
+    """The compiled module's HLO and the number of traced calls, beside a trace in ``out_dir``
+    (what :func:`summarize_dir` reads back)."""
+    paths.write_text(paths.join(out_dir, HLO_FILE), hlo_text)
+    paths.write_text(paths.join(out_dir, META_FILE), json.dumps({"calls": calls}) + "\n")
+
+
+def summarize_dir(out_dir: str, *, top: int = 15) -> dict[str, Any]:
+    """:func:`summarize` of the newest Perfetto trace under ``out_dir`` (local or a bucket), with
+    the HLO and call count :func:`write_profile_files` left there. A folder without them raises
+    ``FileNotFoundError`` naming what is missing."""
+    hlo_file, meta_file = paths.join(out_dir, HLO_FILE), paths.join(out_dir, META_FILE)
+    traces = paths.glob_files(os.path.join(paths.as_str(out_dir), "**", "*.trace.json.gz"))
+    missing = [str(f) for f in (hlo_file, meta_file) if not paths.exists(f)]
+    if not traces or missing:
+        what = ", ".join(missing + ([] if traces else ["a *.trace.json.gz under it"]))
+        raise FileNotFoundError(f"{out_dir} is not a profile folder written by latentlm "
+                                f"(train.profile_start_step or bench train --profile): no {what}")
+    calls = int(json.loads(paths.read_text(meta_file))["calls"])
+    return summarize(traces[-1], paths.read_text(hlo_file), calls, top=top)

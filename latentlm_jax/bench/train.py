@@ -214,15 +214,15 @@ def bench_train(config: mlc.ConfigDict, *, steps: int = 5, warmup: int = 2,
 def _profile(call: Callable[[], Any], hlo_text: str, out_dir: str, calls: int,
              peak_tflops: float) -> dict[str, Any]:
     """Traces ``calls`` train steps into ``out_dir`` and summarizes them per op; writes the
-    compiled step's HLO (``train_step.hlo.txt``) and the summary (``profile_summary.json``)
-    beside the trace."""
+    compiled step's HLO, the call count (``write_profile_files``) and the summary
+    (``profile_summary.json``) beside the trace."""
     import json
 
     from latentlm_jax import paths
-    from latentlm_jax.bench.profile import profile_calls, summarize
+    from latentlm_jax.bench.profile import profile_calls, summarize, write_profile_files
 
     trace, timings = profile_calls(call, calls, out_dir)
-    paths.write_text(paths.join(out_dir, "train_step.hlo.txt"), hlo_text)
+    write_profile_files(out_dir, hlo_text, calls)
     summary = summarize(trace, hlo_text, calls, peak_flops=peak_tflops * 1e12, timings=timings)
     paths.write_text(paths.join(out_dir, "profile_summary.json"), json.dumps(summary, indent=1))
     return summary

@@ -22,6 +22,7 @@ COMMANDS = {
     "export": ("latentlm_jax.cli.export", "export a trained run's weights, config and tokenizer for inference"),  # noqa: E501
     "tokenizer": ("latentlm_jax.cli.tokenizer", "train a SentencePiece tokenizer on text files"),
     "bench": ("latentlm_jax.cli.bench", "benchmarks that print figures"),
+    "profile": ("latentlm_jax.cli.profile", "where a traced run's train steps spent their time, per op and matmul shape"),  # noqa: E501
     "describe": ("latentlm_jax.cli.describe", "a config's parameters and training FLOPs per token (no compile)"),  # noqa: E501
     "demo": ("latentlm_jax.cli.demo", "train, generate and score a multimodal LatentLM on the built-in data"),  # noqa: E501
     "sweep": ("latentlm_jax.cli.sweep", "train a sweep file's points, tabulate, fit scaling laws, plot"),  # noqa: E501

@@ -4,8 +4,10 @@
 The trace goes to ``<workdir>/profile`` (TensorBoard's profile plugin reads it:
 ``tensorboard --logdir <workdir>``). Every process traces its own host; the files are named by
 host. A cloud workdir gets the trace written to a local temporary folder first and copied up when
-the window ends, because the profiler writes local files. ``latentlm bench train --profile DIR``
-traces the same step program and prints where its time went per op (latentlm_jax/bench/profile.py).
+the window ends, because the profiler writes local files. The compiled step's HLO and the number
+of traced steps go beside it, so ``latentlm profile <workdir>/profile`` prints where the steps'
+time went per op and per matmul shape (latentlm_jax/bench/profile.py), as ``latentlm bench train
+--profile DIR`` does.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import jax
 import ml_collections as mlc
 
 from latentlm_jax import paths
+from latentlm_jax.bench.profile import write_profile_files
 
 
 class StepProfiler:
@@ -39,23 +42,30 @@ class StepProfiler:
             self.pending = False
         self.local = ""
         self.staging: tempfile.TemporaryDirectory | None = None
+        self.hlo_text = ""  # the compiled step's, written beside the trace (set by the trainer)
+        self.traced = 0
 
-    def before_step(self, step: int) -> None:
-        """Called with the number of steps completed, before the next one runs."""
+    def before_step(self, step: int, state: Any = None) -> None:
+        """Called with the number of steps completed and the state they left, before the next
+        step runs."""
         if self.pending and step == self.start:
+            # steps run asynchronously: the previous one must end before the trace starts
+            jax.block_until_ready(state)
             if paths.is_url(self.dest):
                 self.staging = tempfile.TemporaryDirectory(prefix="latentlm-profile-")
                 self.local = self.staging.name
             else:
                 self.local = self.dest
                 paths.makedirs(self.local)
-            jax.profiler.start_trace(self.local)
+            jax.profiler.start_trace(self.local, create_perfetto_trace=True)
             self.active, self.pending = True, False
 
     def after_step(self, step: int, state: Any) -> None:
         """Called with the number of steps completed; ends the window after its last step."""
-        if self.active and step >= self.start + self.steps:
-            self.stop(state)
+        if self.active:
+            self.traced += 1
+            if step >= self.start + self.steps:
+                self.stop(state)
 
     def stop(self, state: Any = None) -> None:
         """Ends an active trace (the window's end, or the run's if it stops inside it)."""
@@ -65,11 +75,13 @@ class StepProfiler:
             jax.block_until_ready(state)  # the window's last step is in the trace
         jax.profiler.stop_trace()
         self.active = False
+        if self.hlo_text and self.traced:
+            write_profile_files(self.local, self.hlo_text, self.traced)
         if self.staging is not None:  # a cloud workdir: copy the local trace up
             for src in paths.find_files(self.local):
                 rel = os.path.relpath(src, self.local)
                 paths.copy_file(src, paths.join(self.dest, *rel.split(os.sep)))
             self.staging.cleanup()
             self.staging = None
-        self.say(f"profiled steps {self.start + 1}–{self.start + self.steps} into {self.dest} "
-                 f"(tensorboard --logdir {self.dest})")
+        self.say(f"profiled steps {self.start + 1}–{self.start + self.traced} into {self.dest} "
+                 f"(latentlm profile {self.dest}; tensorboard --logdir {self.dest})")

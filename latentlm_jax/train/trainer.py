@@ -151,6 +151,8 @@ def train(config: mlc.ConfigDict, workdir: str, stop_at: int | None = None,
                 pending = to_global_batch(next(iterator), b_shardings, skipped)
                 t0 = time.perf_counter()
                 step_fn = step_fn.lower(train_state, pending).compile()
+                if profiler.pending:
+                    profiler.hlo_text = step_fn.as_text()
                 say(f"compiled the train step in {time.perf_counter() - t0:.1f}s")
             # Every process decides alike when to save out of schedule (SIGTERM, every_minutes).
             agreed = agreement(config, sigterm)
@@ -162,7 +164,7 @@ def train(config: mlc.ConfigDict, workdir: str, stop_at: int | None = None,
                     data_wait += time.perf_counter() - t0
                 else:
                     batch, pending = pending, None
-                profiler.before_step(step)
+                profiler.before_step(step, train_state)
                 train_state, metrics = step_fn(train_state, batch)
                 step += 1
                 profiler.after_step(step, train_state)
