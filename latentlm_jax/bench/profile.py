@@ -11,9 +11,9 @@ Python and runtime bookkeeping drop out. It reports, per call:
   cores, so this is thread time and can exceed the wall time;
 - every matmul (a ``dot``, alone or inside a fusion) grouped by shape, with its FLOPs (2·M·N·K
   from the HLO, times its executions per call: a scanned layer's once per layer) and the rate
-  its events imply. XLA:CPU's Eigen matmuls run on Eigen's own thread
-  pool and their events time only the dispatch: a rate above ``async_above`` (1.5× the measured
-  peak, when given) is marked ``async`` rather than believed;
+  its events imply. XLA:CPU's Eigen matmuls run on Eigen's own thread pool and their events time
+  only the dispatch: a rate above 1.5× the measured peak (when given) is marked ``async`` rather
+  than believed;
 - the other ops grouped by the JAX operation that produced them (HLO ``op_name`` metadata), and
   the slowest single ops.
 
@@ -82,11 +82,10 @@ def _shape_and_opcode(rest: str) -> tuple[tuple[int, ...], str]:
 
 def parse_hlo(hlo_text: str) -> dict[str, dict[str, Any]]:
     """Every instruction of a compiled HLO module's text: ``{name: {"shape", "opcode", "line",
-    "computation", "entry", "op_name", "flops", "dot"}}`` (``entry``: in the ENTRY
-    computation). ``flops`` is 2·(output elements)·(contracted
-    size) for a ``dot``, and for an instruction that calls a computation (a fusion) the sum over
-    the dots inside it; ``dot`` is ``"[out] = [lhs] · [rhs]"`` (a fusion's dots joined by
-    ``;``)."""
+    "computation", "entry", "op_name", "flops", "dot"}}`` (``entry``: in the ENTRY computation).
+    ``flops`` is 2·(output elements)·(contracted size) for a ``dot``, and for an instruction that
+    calls a computation (a fusion) the sum over the dots inside it; ``dot`` is
+    ``"[out] = [lhs] · [rhs]"`` (a fusion's dots joined by ``;``)."""
     computations: dict[str, list[str]] = {}
     instructions: dict[str, dict[str, Any]] = {}
     current, entry = None, False
@@ -155,7 +154,7 @@ def op_event_times(trace_file: str, names: set[str] | dict[str, Any], module: st
     """(seconds summed, number of events) per op, over the trace's complete events whose name is
     one of ``names`` and, when ``module`` is given and an event names its HLO module (XLA:CPU's
     do, in ``args.hlo_module``), whose module is ``module``: other programs that ran or compiled
-    during the trace reuse op names like ``fusion.3``. An op inside a loop body has one event
+    during the trace can reuse op names like ``fusion.3``. An op inside a loop body has one event
     per iteration."""
     with paths.open_file(trace_file, "rb") as raw, gzip.open(raw, "rt") as f:
         events = json.load(f)["traceEvents"]

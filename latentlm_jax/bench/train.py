@@ -105,8 +105,8 @@ def bench_train(config: mlc.ConfigDict, *, steps: int = 5, warmup: int = 2,
         raise ConfigError("", f"bench train --profile needs --profile-steps ≥ 1, got "
                               f"{profile_steps}")
     if "://" in profile_dir:
-        raise ConfigError("", f"bench train --profile writes a trace it then reads back: give a "
-                              f"local folder, got {profile_dir}")
+        raise ConfigError("", f"bench train --profile: jax.profiler writes local files, give a "
+                              f"local folder (got {profile_dir})")
     devices = jax.devices()
     check_mesh(config, len(devices), num_slices(devices))
     peak, peak_source = measure_peak(config)
