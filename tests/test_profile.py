@@ -64,6 +64,40 @@ def test_a_traced_call_is_summed_per_op(tmp_path):
     assert any("[64, 32] = [64, 48] · [48, 32]" in line for line in lines)
 
 
+def test_a_call_that_faulted_is_left_out(tmp_path):
+    compiled = _compiled_grad()
+    trace, timings = profile.profile_calls(lambda: compiled(A, B, C), 3, str(tmp_path))
+    events = profile._trace_events(trace)
+    windows = profile.call_windows(events)
+    assert len(windows) == 3 and all(lo < hi for lo, hi in windows)
+    assert windows[0][1] <= windows[1][0] <= windows[1][1] <= windows[2][0]
+    # call 2 as if it had grown the heap: its ops are left out, the others averaged
+    timings = [dict(t, page_faults=f) for t, f in zip(timings, (5, 250_000, 0), strict=True)]
+    s = profile.summarize(trace, compiled.as_text(), 3, timings=timings)
+    assert s["counted_calls"] == [0, 2]
+    assert sum(r["flops"] for r in s["matmuls"]) == MLP_GRAD_FLOPS  # still once per call
+    assert all(r["count"] == 1 for r in s["matmuls"])
+    # the reference: the module's op events that start inside calls 1 and 3, summed by hand
+    hlo = profile.parse_hlo(compiled.as_text())
+    module = profile.module_name(compiled.as_text())
+    kept = [e["dur"] for e in events if e.get("ph") == "X" and e.get("name") in hlo
+            and hlo[e["name"]]["opcode"] not in profile.CONTAINERS
+            and e.get("args", {}).get("hlo_module", module) == module
+            and any(lo <= e["ts"] <= hi for lo, hi in (windows[0], windows[2]))]
+    assert s["op_seconds"] == pytest.approx(sum(kept) * 1e-6 / 2)
+    lines = profile.summary_lines(s)
+    assert any(line.startswith("  counted          calls 1, 3 of 3: call 2 wrote into fresh "
+                               "heap pages") for line in lines)
+    # every call faulted: all are counted, and the report says the figures are not clean
+    s = profile.summarize(trace, compiled.as_text(), 3,
+                          timings=[dict(t, page_faults=50_000) for t in timings])
+    assert s["counted_calls"] == [0, 1, 2]
+    assert any("every call wrote into fresh heap pages" in line
+               for line in profile.summary_lines(s))
+    # a trace without timings (or from before the annotations) counts every call
+    assert profile.summarize(trace, compiled.as_text(), 3)["counted_calls"] == [0, 1, 2]
+
+
 def test_a_loop_body_matmul_counts_once_per_iteration_and_the_loop_not_at_all(tmp_path):
     def body(x, w):
         return jnp.tanh(x @ w), None
@@ -153,6 +187,10 @@ def test_training_traces_the_configured_steps(tmp_path, capsys):
     from tests.helpers import tiny_lm_config
 
     summary = profile.summarize_dir(str(tmp_path / "profile"))
+    # each traced step was waited for in its own annotation, with its time and faults recorded
+    assert len(summary["timings"]) == 2 and all(t["seconds"] > 0 for t in summary["timings"])
+    assert len(profile.call_windows(profile._trace_events(summary["trace_file"]))) == 2
+    assert summary["counted_calls"] == profile.clean_calls(summary["timings"])
     c = tiny_lm_config()
     assert c.model.scan_layers
     traced = summary["matmul_flops"] + summary["async_matmul_flops"]

@@ -17,6 +17,11 @@ Python and runtime bookkeeping drop out. It reports, per call:
 - the other ops grouped by the JAX operation that produced them (HLO ``op_name`` metadata), and
   the slowest single ops.
 
+Each traced call runs inside a ``CALL_EVENT`` annotation, with its minor page faults counted. A
+call with more than ``FAULTY_CALL_PAGES`` faults wrote into fresh heap pages (the host heap grew:
+docs/benchmarks.md, profile findings 8 and 14), so its ops look two to four times slower than they
+are; when at least one call is clean, only the clean calls' ops are counted.
+
 This is how docs/benchmarks.md's "profile findings" were made; ``latentlm bench train --profile
 DIR`` runs it on a config's train step, and ``latentlm profile DIR`` on the trace a training run
 wrote (``train.profile_start_step``): both leave the compiled step's HLO (``HLO_FILE``) and the
@@ -42,6 +47,10 @@ from latentlm_jax import paths
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*)$")
 _ARRAY = re.compile(r"^\w+\[([\d,]*)\]")
 HLO_FILE = "train_step.hlo.txt"
+CALL_EVENT = "latentlm_profiled_call"  # the annotation around each traced call
+# More minor faults than this in one call: it ran into fresh heap pages (a step that grows the heap
+# faults 10⁵–10⁶ pages; a clean one tens to hundreds).
+FAULTY_CALL_PAGES = 10_000
 META_FILE = "profile.json"
 # Ops whose events span the ops they run (a scanned layer loop): timed through those ops instead.
 CONTAINERS = frozenset({"while", "conditional", "call"})
@@ -126,9 +135,8 @@ def parse_hlo(hlo_text: str) -> dict[str, dict[str, Any]]:
 def profile_calls(fn: Callable[[], Any], calls: int, out_dir: str
                   ) -> tuple[str, list[dict[str, float]]]:
     """Runs ``fn`` (which returns arrays to wait for) ``calls`` times under ``jax.profiler`` into
-    ``out_dir``. Returns the Perfetto trace file written (``….trace.json.gz``) and each call's
-    wall seconds and minor page faults: a call that faulted ran into fresh heap pages (the host
-    heap grew; docs/benchmarks.md, profile finding 8) and its ops look slower than they are."""
+    ``out_dir``, each call inside a ``CALL_EVENT`` annotation. Returns the Perfetto trace file
+    written (``….trace.json.gz``) and each call's wall seconds and minor page faults."""
     if calls < 1:
         raise ValueError(f"profile_calls needs calls ≥ 1, got {calls}")
     paths.makedirs(out_dir)
@@ -136,12 +144,10 @@ def profile_calls(fn: Callable[[], Any], calls: int, out_dir: str
     before = set(paths.glob_files(pattern))
     timings = []
     with jax.profiler.trace(out_dir, create_perfetto_trace=True):
-        for _ in range(calls):
-            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn())
-            timings.append({"seconds": time.perf_counter() - t0, "page_faults": float(
-                resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)})
+        for i in range(calls):
+            with CallTimer(i) as timer:
+                jax.block_until_ready(fn())
+            timings.append(timer.timing)
     # run folders are named by their start time (YYYY_MM_DD_HH_MM_SS): the newest sorts last
     new = sorted(set(paths.glob_files(pattern)) - before)
     if not new:
@@ -149,15 +155,51 @@ def profile_calls(fn: Callable[[], Any], calls: int, out_dir: str
     return new[-1], timings
 
 
-def op_event_times(trace_file: str, names: set[str] | dict[str, Any], module: str = ""
-                   ) -> dict[str, tuple[float, int]]:
-    """(seconds summed, number of events) per op, over the trace's complete events whose name is
-    one of ``names`` and, when ``module`` is given and an event names its HLO module (XLA:CPU's
-    do, in ``args.hlo_module``), whose module is ``module``: other programs that ran or compiled
-    during the trace can reuse op names like ``fusion.3``. An op inside a loop body has one event
-    per iteration."""
+class CallTimer:
+    """``with CallTimer(i) as t: …`` marks the block as traced call ``i`` (a ``CALL_EVENT``
+    annotation) and leaves its wall seconds and minor page faults in ``t.timing``. The block must
+    wait for its own results."""
+
+    def __init__(self, call: int):
+        self.annotation = jax.profiler.TraceAnnotation(CALL_EVENT, call=call)
+        self.timing: dict[str, float] = {}
+
+    def __enter__(self) -> CallTimer:
+        self.annotation.__enter__()
+        self.faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.timing = {"seconds": time.perf_counter() - self.t0, "page_faults": float(
+            resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self.faults)}
+        self.annotation.__exit__(*exc)
+
+
+def _trace_events(trace_file: str) -> list[dict[str, Any]]:
     with paths.open_file(trace_file, "rb") as raw, gzip.open(raw, "rt") as f:
-        events = json.load(f)["traceEvents"]
+        return json.load(f)["traceEvents"]
+
+
+def call_windows(events: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """(start, end) in trace microseconds of each ``CALL_EVENT`` annotation, in call order (empty
+    for a trace made without them)."""
+    calls = [e for e in events if e.get("ph") == "X" and e.get("name") == CALL_EVENT
+             and "dur" in e]
+    calls.sort(key=lambda e: e["ts"])
+    return [(e["ts"], e["ts"] + e["dur"]) for e in calls]
+
+
+def op_event_times(trace_file: str | list[dict[str, Any]], names: set[str] | dict[str, Any],
+                   module: str = "", windows: list[tuple[float, float]] | None = None
+                   ) -> dict[str, tuple[float, int]]:
+    """(seconds summed, number of events) per op, over the trace's complete events (a trace file,
+    or its events already read) whose name is one of ``names`` and, when ``module`` is given and
+    an event names its HLO module (XLA:CPU's do, in ``args.hlo_module``), whose module is
+    ``module``: other programs that ran or compiled during the trace can reuse op names like
+    ``fusion.3``. With ``windows``, only events that start inside one of them count. An op inside
+    a loop body has one event per iteration."""
+    events = _trace_events(trace_file) if isinstance(trace_file, str) else trace_file
     seconds: dict[str, float] = collections.defaultdict(float)
     counts: dict[str, int] = collections.defaultdict(int)
     for e in events:
@@ -165,9 +207,18 @@ def op_event_times(trace_file: str, names: set[str] | dict[str, Any], module: st
             continue
         if module and e.get("args", {}).get("hlo_module", module) != module:
             continue
+        if windows is not None and not any(lo <= e["ts"] <= hi for lo, hi in windows):
+            continue
         seconds[e["name"]] += e["dur"] * 1e-6
         counts[e["name"]] += 1
     return {n: (seconds[n], counts[n]) for n in seconds}
+
+
+def clean_calls(timings: list[dict[str, float]]) -> list[int]:
+    """The calls (indices) with at most ``FAULTY_CALL_PAGES`` minor page faults; every call when
+    none is clean."""
+    clean = [i for i, t in enumerate(timings) if t.get("page_faults", 0) <= FAULTY_CALL_PAGES]
+    return clean or list(range(len(timings)))
 
 
 def module_name(hlo_text: str) -> str:
@@ -189,14 +240,26 @@ def summarize(trace_file: str, hlo_text: str, calls: int, *, peak_flops: float =
               top: int = 15, timings: list[dict[str, float]] | None = None) -> dict[str, Any]:
     """Per-call op times of a traced compiled module (module docstring). ``peak_flops`` (FLOP/s,
     0 = unknown) marks matmul rows whose implied rate exceeds 1.5× it as ``async``;
-    ``timings`` (from :func:`profile_calls`) is kept as the summary's ``"timings"``."""
+    ``timings`` (from :func:`profile_calls`) is kept as the summary's ``"timings"``, and when the
+    trace has one ``CALL_EVENT`` per call, calls that faulted (:func:`clean_calls`) are left out:
+    ``"counted_calls"`` lists the calls whose ops the figures average."""
     hlo = parse_hlo(hlo_text)
     timed_ops = {n for n, info in hlo.items() if info["opcode"] not in CONTAINERS}
-    seconds = op_event_times(trace_file, timed_ops, module_name(hlo_text))
+    events = _trace_events(trace_file)
+    timings = timings or []
+    windows = call_windows(events)
+    counted = list(range(calls))
+    if timings and len(windows) == len(timings) == calls:  # leave out calls that faulted
+        counted = clean_calls(timings)
+        windows = [windows[i] for i in counted]
+    else:  # a trace without per-call annotations (or faults): every event counts
+        windows = None
+    seconds = op_event_times(events, timed_ops, module_name(hlo_text), windows)
     if not seconds:
         raise RuntimeError(f"no op of the compiled module appears in {trace_file}")
-    per_call = {n: t / calls for n, (t, _) in seconds.items()}
-    runs = {n: k / calls for n, (_, k) in seconds.items()}  # executions per call (loop bodies)
+    n = len(counted)
+    per_call = {name: t / n for name, (t, _) in seconds.items()}
+    runs = {name: k / n for name, (_, k) in seconds.items()}  # executions per call (loop bodies)
     async_above = 1.5 * peak_flops if peak_flops > 0 else float("inf")
     matmuls: dict[str, dict[str, float]] = {}
     others: dict[str, dict[str, float]] = {}
@@ -220,7 +283,7 @@ def summarize(trace_file: str, hlo_text: str, calls: int, *, peak_flops: float =
     other_s = sum(r["seconds"] for r in others.values())
     slowest = sorted(per_call.items(), key=lambda kv: -kv[1])[:top]
     return {
-        "calls": calls, "trace_file": trace_file, "timings": timings or [],
+        "calls": calls, "counted_calls": counted, "trace_file": trace_file, "timings": timings,
         "op_seconds": sum(per_call.values()),
         "matmul_seconds": mm_s, "matmul_flops": mm_flops,
         "matmul_flops_per_s": mm_flops / mm_s if mm_s > 0 else 0.0,
@@ -248,9 +311,17 @@ def summary_lines(s: dict[str, Any], top: int = 12) -> list[str]:
         lines.append("  traced calls     " + ", ".join(
             f"{t['seconds']:.3f} s" + (f" ({t['page_faults']:,.0f} page faults)"
                                        if t["page_faults"] else "") for t in s["timings"]))
-        if any(t["page_faults"] for t in s["timings"]):
-            lines.append("  (a call with page faults wrote into fresh heap pages: its ops look "
-                         "slower than they are; trace again for a clean profile)")
+        counted = s.get("counted_calls", list(range(s["calls"])))
+        faulty = [i for i, t in enumerate(s["timings"])
+                  if t["page_faults"] > FAULTY_CALL_PAGES]
+        if faulty and len(counted) < s["calls"]:
+            lines.append(f"  counted          calls {_ordinals(counted)} of {s['calls']}: call "
+                         f"{_ordinals(faulty)} wrote into fresh heap pages (> "
+                         f"{FAULTY_CALL_PAGES:,} page faults), which makes ops look slower "
+                         "than they are")
+        elif faulty:
+            lines.append("  (every call wrote into fresh heap pages: its ops look slower than "
+                         "they are; trace again for a clean profile)")
     if s["async_matmul_flops"]:
         lines.append(f"  async matmuls    {s['async_matmul_flops'] / 1e9:8.2f} GFLOP whose events "
                      "time only their dispatch (Eigen's thread pool), not counted above")
@@ -267,11 +338,19 @@ def summary_lines(s: dict[str, Any], top: int = 12) -> list[str]:
     return lines
 
 
-def write_profile_files(out_dir: str, hlo_text: str, calls: int) -> None:
-    """The compiled module's HLO and the number of traced calls, beside a trace in ``out_dir``
-    (what :func:`summarize_dir` reads back)."""
+def _ordinals(calls: list[int]) -> str:
+    """[0, 2] → "1, 3" (calls counted from 1, as the report prints them)."""
+    return ", ".join(str(i + 1) for i in calls)
+
+
+def write_profile_files(out_dir: str, hlo_text: str, calls: int,
+                        timings: list[dict[str, float]] | None = None) -> None:
+    """The compiled module's HLO, the number of traced calls and their timings (wall seconds and
+    page faults, when known), beside a trace in ``out_dir`` (what :func:`summarize_dir` reads
+    back)."""
     paths.write_text(paths.join(out_dir, HLO_FILE), hlo_text)
-    paths.write_text(paths.join(out_dir, META_FILE), json.dumps({"calls": calls}) + "\n")
+    paths.write_text(paths.join(out_dir, META_FILE),
+                     json.dumps({"calls": calls, "timings": timings or []}) + "\n")
 
 
 def summarize_dir(out_dir: str, *, top: int = 15) -> dict[str, Any]:
@@ -285,5 +364,6 @@ def summarize_dir(out_dir: str, *, top: int = 15) -> dict[str, Any]:
         what = ", ".join(missing + ([] if traces else ["a *.trace.json.gz under it"]))
         raise FileNotFoundError(f"{out_dir} is not a profile folder written by latentlm "
                                 f"(train.profile_start_step or bench train --profile): no {what}")
-    calls = int(json.loads(paths.read_text(meta_file))["calls"])
-    return summarize(traces[-1], paths.read_text(hlo_file), calls, top=top)
+    meta = json.loads(paths.read_text(meta_file))
+    return summarize(traces[-1], paths.read_text(hlo_file), int(meta["calls"]), top=top,
+                     timings=meta.get("timings") or None)

@@ -222,7 +222,7 @@ def _profile(call: Callable[[], Any], hlo_text: str, out_dir: str, calls: int,
     from latentlm_jax.bench.profile import profile_calls, summarize, write_profile_files
 
     trace, timings = profile_calls(call, calls, out_dir)
-    write_profile_files(out_dir, hlo_text, calls)
+    write_profile_files(out_dir, hlo_text, calls, timings)
     summary = summarize(trace, hlo_text, calls, peak_flops=peak_tflops * 1e12, timings=timings)
     paths.write_text(paths.join(out_dir, "profile_summary.json"), json.dumps(summary, indent=1))
     return summary

@@ -8,6 +8,11 @@ the window ends, because the profiler writes local files. The compiled step's HL
 of traced steps go beside it, so ``latentlm profile <workdir>/profile`` prints where the steps'
 time went per op and per matmul shape (latentlm_jax/bench/profile.py), as ``latentlm bench train
 --profile DIR`` does.
+
+Inside the window each step is waited for before the next is dispatched, so that every traced
+step has its own annotation, wall time and page-fault count: the report leaves out a step that
+grew the host heap, whose ops look slower than they are. Steps outside the window stay
+asynchronous.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import jax
 import ml_collections as mlc
 
 from latentlm_jax import paths
-from latentlm_jax.bench.profile import write_profile_files
+from latentlm_jax.bench.profile import CallTimer, write_profile_files
 
 
 class StepProfiler:
@@ -44,6 +49,8 @@ class StepProfiler:
         self.staging: tempfile.TemporaryDirectory | None = None
         self.hlo_text = ""  # the compiled step's, written beside the trace (set by the trainer)
         self.traced = 0
+        self.timer: CallTimer | None = None  # the traced step in flight
+        self.timings: list[dict[str, float]] = []
 
     def before_step(self, step: int, state: Any = None) -> None:
         """Called with the number of steps completed and the state they left, before the next
@@ -59,13 +66,23 @@ class StepProfiler:
                 paths.makedirs(self.local)
             jax.profiler.start_trace(self.local, create_perfetto_trace=True)
             self.active, self.pending = True, False
+        if self.active:
+            self.timer = CallTimer(self.traced).__enter__()
 
     def after_step(self, step: int, state: Any) -> None:
         """Called with the number of steps completed; ends the window after its last step."""
         if self.active:
-            self.traced += 1
+            self._end_call(state)
             if step >= self.start + self.steps:
                 self.stop(state)
+
+    def _end_call(self, state: Any) -> None:
+        if self.timer is not None:
+            jax.block_until_ready(state)  # the step's own time, in its own annotation
+            self.timer.__exit__(None, None, None)
+            self.timings.append(self.timer.timing)
+            self.timer = None
+            self.traced += 1
 
     def stop(self, state: Any = None) -> None:
         """Ends an active trace (the window's end, or the run's if it stops inside it)."""
@@ -73,10 +90,13 @@ class StepProfiler:
             return
         if state is not None:
             jax.block_until_ready(state)  # the window's last step is in the trace
+        if self.timer is not None:  # the run stopped between before_step and after_step
+            self.timer.__exit__(None, None, None)
+            self.timer = None
         jax.profiler.stop_trace()
         self.active = False
         if self.hlo_text and self.traced:
-            write_profile_files(self.local, self.hlo_text, self.traced)
+            write_profile_files(self.local, self.hlo_text, self.traced, self.timings)
         if self.staging is not None:  # a cloud workdir: copy the local trace up
             for src in paths.find_files(self.local):
                 rel = os.path.relpath(src, self.local)
