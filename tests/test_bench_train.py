@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from latentlm_jax import host_malloc
 from latentlm_jax.bench.train import bench_train, diffusion_terms
 from latentlm_jax.cli import main as cli_main
 from latentlm_jax.config.loading import ConfigError, load_config_file
@@ -172,5 +173,9 @@ def test_the_cli_prints_every_figure_and_appends_one_json_line(tmp_path):
     assert 0 < r["mfu"] < 1.5 and 0 < r["part_head_mfu"] < 1.5
     assert 0.9 < r["xla_flops_per_step"] / r["flops_per_step"] < 1.2
     assert r["overrides"] == [f"{k}={v}" for k, v in SHRINK.items()]
-    # `latentlm` set the allocator before JAX started (latentlm_jax/host_malloc.py) and says so
-    assert r["host_malloc"] == "retain" and "; host malloc retain" in proc.stdout
+    # `latentlm` set the allocator before JAX started (latentlm_jax/host_malloc.py) and says so,
+    # with huge pages where glibc and the kernel offer them
+    env = host_malloc.huge_pages_environ(one_device_env()) or one_device_env()
+    huge = f"{host_malloc.HUGE_PAGES_TUNABLE}=1" in env.get("GLIBC_TUNABLES", "").split(":")
+    expected = "retain, huge pages" if huge else "retain"
+    assert r["host_malloc"] == expected and f"; host malloc {expected}\n" in proc.stdout

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import jax  # noqa: F401  (imported before the tests below, as in any process that runs JAX)
+import numpy as np
 import pytest
 
 from latentlm_jax import host_malloc
@@ -109,3 +110,79 @@ def test_cli_reports_an_unknown_choice_in_one_line():
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "latentlm: error: LATENTLM_HOST_MALLOC='arena': expected one of retain, system"]
+
+
+def _thp_file(tmp_path, setting: str) -> str:
+    path = tmp_path / "enabled"
+    path.write_text(setting + "\n")
+    return str(path)
+
+
+needs_glibc_2_35 = pytest.mark.skipif(
+    host_malloc._glibc_version() < (2, 35), reason="glibc.malloc.hugetlb is glibc 2.35's")
+
+
+@pytest.mark.parametrize("setting, available", [
+    ("always [madvise] never", True), ("[always] madvise never", True),
+    ("always madvise [never]", False), (None, False)])
+def test_transparent_huge_pages_are_read_from_the_kernel_setting(tmp_path, setting, available):
+    path = str(tmp_path / "missing") if setting is None else _thp_file(tmp_path, setting)
+    assert host_malloc.transparent_huge_pages_available(path) is available
+
+
+@needs_glibc_2_35
+def test_huge_pages_are_asked_for_with_a_glibc_tunable(tmp_path):
+    thp = _thp_file(tmp_path, "always [madvise] never")
+    env = host_malloc.huge_pages_environ({"JAX_PLATFORMS": "cpu", "A": "1"}, thp_setting=thp)
+    assert env == {"JAX_PLATFORMS": "cpu", "A": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    # other tunables are kept
+    env = host_malloc.huge_pages_environ(
+        {"JAX_PLATFORMS": "cpu", "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, thp_setting=thp)
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+
+
+@needs_glibc_2_35
+@pytest.mark.parametrize("environ, setting", [
+    ({"JAX_PLATFORMS": "cpu", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "[madvise]"),  # user's
+    ({"JAX_PLATFORMS": "cpu", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, "[madvise]"),  # done
+    ({"JAX_PLATFORMS": "cpu", "LATENTLM_HOST_MALLOC": "system"}, "[madvise]"),
+    ({"JAX_PLATFORMS": "cpu", "LATENTLM_HOST_MALLOC": "arena"}, "[madvise]"),  # retain's error
+    ({"JAX_PLATFORMS": "tpu"}, "[madvise]"),  # an accelerator host
+    ({"JAX_PLATFORMS": "cpu"}, "always madvise [never]")])
+def test_huge_pages_are_not_asked_for_where_they_must_not_be(tmp_path, environ, setting):
+    thp = _thp_file(tmp_path, setting)
+    assert host_malloc.huge_pages_environ(environ, thp_setting=thp) is None
+
+
+@glibc_linux
+@needs_glibc_2_35
+@pytest.mark.skipif(not host_malloc.transparent_huge_pages_available(),
+                    reason="this kernel gives no transparent huge pages")
+@pytest.mark.slow
+def test_the_command_reexecutes_itself_once_with_its_heap_on_huge_pages():
+    # the re-executed program runs a jitted function with ~60 MB of temporaries, then reports
+    # its tunables and how much of its memory is on huge pages
+    probe = (
+        "import sys\n"
+        "from latentlm_jax.host_malloc import reexec_with_huge_pages, retain_freed_memory\n"
+        "print('start', flush=True)\n"
+        "reexec_with_huge_pages()\n"
+        "retain_freed_memory()\n"
+        "import json, os, jax, jax.numpy as jnp\n"
+        "x = jnp.ones((4096, 1024), jnp.float32)\n"
+        "s = float(jax.jit(lambda x: jnp.tanh(x @ x.T).sum())(x))\n"
+        "smaps = open('/proc/self/smaps_rollup').read().split()\n"
+        "huge_kb = int(smaps[smaps.index('AnonHugePages:') + 1])\n"
+        "print(json.dumps({'tunables': os.environ.get('GLIBC_TUNABLES'), 'huge_kb': huge_kb,\n"
+        "                  'sum': s, 'argv': sys.argv[1:]}))\n")
+    env = {k: v for k, v in one_device_env().items() if k != "GLIBC_TUNABLES"}
+    out = subprocess.run([sys.executable, "-c", probe, "an-argument"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[:2] == ["start", "start"]  # once before and once after the re-execution
+    result = json.loads(lines[-1])
+    assert result["tunables"] == "glibc.malloc.hugetlb=1"
+    assert result["argv"] == ["an-argument"]  # the same command line
+    assert result["huge_kb"] >= 2048, result  # at least one 2 MB page
+    assert result["sum"] == pytest.approx(4096 * 4096 * float(np.tanh(1024.0)))
