@@ -63,13 +63,17 @@ def host_is_the_device(environ: Mapping[str, str]) -> bool:
     return first == "cpu"
 
 
+def _choice(environ: Mapping[str, str]) -> str:
+    return environ.get(ENV_VAR, "retain").strip().lower() or "retain"
+
+
 def retain_freed_memory(environ: Mapping[str, str] | None = None) -> bool:
     """Sets glibc's allocator to keep and reuse freed memory (module docstring) when JAX is not
     imported yet, the host CPU will be its platform, the C library is glibc, and
     ``LATENTLM_HOST_MALLOC`` is not ``system``. Returns whether it did. An unknown
     ``LATENTLM_HOST_MALLOC`` raises ``ValueError``."""
     environ = os.environ if environ is None else environ
-    choice = environ.get(ENV_VAR, "retain").strip().lower() or "retain"
+    choice = _choice(environ)
     if choice not in CHOICES:
         raise ValueError(f"{ENV_VAR}={environ[ENV_VAR]!r}: expected one of {', '.join(CHOICES)}")
     if choice == "system" or not host_is_the_device(environ):
@@ -118,7 +122,7 @@ def huge_pages_environ(environ: Mapping[str, str] | None = None, *,
     library is not glibc 2.35 or newer on Linux, the kernel has no transparent huge pages, or
     ``GLIBC_TUNABLES`` already names the tunable."""
     environ = os.environ if environ is None else environ
-    if (environ.get(ENV_VAR, "retain").strip().lower() or "retain") != "retain":
+    if _choice(environ) != "retain":
         return None
     if not host_is_the_device(environ) or not sys.platform.startswith("linux"):
         return None
@@ -146,6 +150,8 @@ def reexec_with_huge_pages() -> None:
         return
 
 
-def huge_pages() -> bool:
-    """Whether this process started with glibc's malloc asking for transparent huge pages."""
-    return f"{HUGE_PAGES_TUNABLE}=1" in os.environ.get("GLIBC_TUNABLES", "").split(":")
+def huge_pages(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``environ`` (this process's: it started with it) has glibc's malloc ask for
+    transparent huge pages."""
+    environ = os.environ if environ is None else environ
+    return f"{HUGE_PAGES_TUNABLE}=1" in environ.get("GLIBC_TUNABLES", "").split(":")

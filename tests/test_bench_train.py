@@ -176,6 +176,5 @@ def test_the_cli_prints_every_figure_and_appends_one_json_line(tmp_path):
     # `latentlm` set the allocator before JAX started (latentlm_jax/host_malloc.py) and says so,
     # with huge pages where glibc and the kernel offer them
     env = host_malloc.huge_pages_environ(one_device_env()) or one_device_env()
-    huge = f"{host_malloc.HUGE_PAGES_TUNABLE}=1" in env.get("GLIBC_TUNABLES", "").split(":")
-    expected = "retain, huge pages" if huge else "retain"
+    expected = "retain, huge pages" if host_malloc.huge_pages(env) else "retain"
     assert r["host_malloc"] == expected and f"; host malloc {expected}\n" in proc.stdout

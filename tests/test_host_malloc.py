@@ -139,6 +139,8 @@ def test_huge_pages_are_asked_for_with_a_glibc_tunable(tmp_path):
     env = host_malloc.huge_pages_environ(
         {"JAX_PLATFORMS": "cpu", "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, thp_setting=thp)
     assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert host_malloc.huge_pages(env)
+    assert not host_malloc.huge_pages({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})
 
 
 @needs_glibc_2_35
