@@ -40,6 +40,7 @@ ENV_VAR = "LATENTLM_HOST_MALLOC"
 CHOICES = ("retain", "system")
 
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb"
+HUGE_PAGES_ON = f"{HUGE_PAGES_TUNABLE}=1"
 THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 _HUGE_PAGES_GLIBC = (2, 35)  # the first glibc with glibc.malloc.hugetlb
 
@@ -131,8 +132,8 @@ def huge_pages_environ(environ: Mapping[str, str] | None = None, *,
     tunables = environ.get("GLIBC_TUNABLES", "")
     if HUGE_PAGES_TUNABLE in tunables or not transparent_huge_pages_available(thp_setting):
         return None
-    setting = f"{HUGE_PAGES_TUNABLE}=1"
-    return {**environ, "GLIBC_TUNABLES": f"{tunables}:{setting}" if tunables else setting}
+    return {**environ,
+            "GLIBC_TUNABLES": f"{tunables}:{HUGE_PAGES_ON}" if tunables else HUGE_PAGES_ON}
 
 
 def reexec_with_huge_pages() -> None:
@@ -154,4 +155,4 @@ def huge_pages(environ: Mapping[str, str] | None = None) -> bool:
     """Whether ``environ`` (this process's: it started with it) has glibc's malloc ask for
     transparent huge pages."""
     environ = os.environ if environ is None else environ
-    return f"{HUGE_PAGES_TUNABLE}=1" in environ.get("GLIBC_TUNABLES", "").split(":")
+    return HUGE_PAGES_ON in environ.get("GLIBC_TUNABLES", "").split(":")

@@ -119,7 +119,8 @@ def _thp_file(tmp_path, setting: str) -> str:
 
 
 needs_glibc_2_35 = pytest.mark.skipif(
-    host_malloc._glibc_version() < (2, 35), reason="glibc.malloc.hugetlb is glibc 2.35's")
+    host_malloc._glibc_version() < host_malloc._HUGE_PAGES_GLIBC,
+    reason="glibc.malloc.hugetlb is glibc 2.35's")
 
 
 @pytest.mark.parametrize("setting, available", [
