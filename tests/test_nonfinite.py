@@ -103,7 +103,7 @@ def test_nonfinite_latents_leave_the_state_untouched(skip_setup):
 
 
 def test_healthy_step_equals_the_unguarded_update(skip_setup):
-    """On a finite batch the guarded step is the plain AdamW update and EMA, bitwise."""
+    """On a finite batch the guarded step is the plain AdamW update and EMA."""
     setup = skip_setup
     c = setup.config
     state = setup.init_state()
@@ -126,8 +126,12 @@ def test_healthy_step_equals_the_unguarded_update(skip_setup):
     want = host(reference(state, batch))
     got, _ = setup.step_fn(state, batch)
     got = host(got)
+    # Two programs compiled apart: XLA may sum a small dot in another order in each (a float32
+    # ulp in a few weight-gradient entries), so equal to float32 round-off, far below an update.
     for key in ("params", "opt_state", "ema"):
-        assert_same(got[key], want[key])
+        assert jax.tree.structure(got[key]) == jax.tree.structure(want[key])
+        for x, y in zip(jax.tree.leaves(got[key]), jax.tree.leaves(want[key]), strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-12)
     assert not np.array_equal(got["params"]["embed"]["embedding"],
                               start["params"]["embed"]["embedding"])
 

@@ -9,8 +9,12 @@ still used for decoding), arranged for speed (docs/benchmarks.md, "profile findi
   re-lays out per use;
 - the mask is an additive float32 bias [B, 1, 1, L, S] built once per step (loop-invariant, so
   hoisted out of a layer scan), not two selects per layer;
-- the backward is written out (dV = Pᵀ dO; dS = P ⊙ (dP − rowsum(P ⊙ dP)); dQ = dS K; dK = dSᵀ Q)
-  from the saved probabilities P, which is what autodiff computes, minus the selects' backward;
+- the backward is written out (dV = Pᵀ dO; dS = P ⊙ (dP − δ); dQ = dS K; dK = dSᵀ Q) from the
+  saved probabilities P, which is what autodiff computes, minus the selects' backward. The softmax
+  correction δ = rowsum(P ⊙ dP) is taken as rowsum(dO ⊙ O) over the head dimension, from the
+  float32 output O kept by the forward (the FlashAttention identity: Σ_s P·(dO·V) = dO·(P V)): a
+  reduction over D = 64 columns once per layer, not one over every key inside each block's
+  elementwise pass (XLA:CPU ran that fused reduction at ~3× the forward softmax's time);
 - causal block skipping (``query_block``): queries split into blocks of rows, and block i only
   meets the keys up to its last row, so the all-masked upper triangle of blocks is never computed
   (4 blocks: 5/8 of the score and value matmuls and of the [L, L] elementwise work). The bias
@@ -69,9 +73,10 @@ def _blocks(queries: int, keys: int, query_block: int | None) -> list[tuple[int,
 
 
 def _block_fwd(qg, kt, vt, bias, i, n, e):
-    """One query block's probabilities and output, f32 [B, K, G, n, e] and [B, K, G, n, D]."""
+    """One query block's probabilities and float32 output, [B, K, G, n, e] and [B, K, G, n, D]."""
     p = _probs(qg[:, :, :, i:i + n], kt[:, :, :e], bias[..., i:i + n, :e])
-    return p, _matmul("bkgqs,bksd->bkgqd", p.astype(vt.dtype), vt[:, :, :e])
+    return p, jnp.einsum("bkgqs,bksd->bkgqd", p.astype(vt.dtype), vt[:, :, :e],
+                         preferred_element_type=jnp.float32)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -84,19 +89,20 @@ def _core_fwd(qg, kt, vt, bias, query_block):
     blocks = [_block_fwd(qg, kt, vt, bias, *block)
               for block in _blocks(qg.shape[3], kt.shape[2], query_block)]
     out = jnp.concatenate([o for _, o in blocks], axis=3) if len(blocks) > 1 else blocks[0][1]
-    return out, (qg, kt, vt, [p for p, _ in blocks])
+    return out.astype(qg.dtype), (qg, kt, vt, [p for p, _ in blocks], out)
 
 
 def _core_bwd(query_block, res, dout):
-    qg, kt, vt, probs = res
+    qg, kt, vt, probs, out = res
     scale = 1.0 / jnp.sqrt(jnp.float32(qg.shape[-1]))
     dt = vt.dtype
     f32 = jnp.float32
+    delta = jnp.sum(dout.astype(f32) * out, axis=-1, keepdims=True)  # rowsum(P ⊙ dP), [B,K,G,L,1]
     dq, dk, dv = [], jnp.zeros(kt.shape, f32), jnp.zeros(vt.shape, f32)
     for (i, n, e), p in zip(_blocks(qg.shape[3], kt.shape[2], query_block), probs, strict=True):
         do = dout[:, :, :, i:i + n]
         dp = jnp.einsum("bkgqd,bksd->bkgqs", do, vt[:, :, :e], preferred_element_type=f32)
-        ds = (p * (dp - jnp.sum(p * dp, axis=-1, keepdims=True)) * scale).astype(dt)
+        ds = (p * (dp - delta[:, :, :, i:i + n]) * scale).astype(dt)
         dq.append(_matmul("bkgqs,bksd->bkgqd", ds, kt[:, :, :e]))
         # the key/value gradients of every block are summed in float32 and rounded once
         dv = dv.at[:, :, :e].add(jnp.einsum("bkgqs,bkgqd->bksd", p.astype(dt), do,
