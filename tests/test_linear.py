@@ -189,3 +189,45 @@ def test_bfloat16_matmuls_are_not_upcast(row_chunk, max_chunks, dw_matmuls, monk
         operands = re.search(r"(?:fusion|dot)\(([^)]*)\)", line).group(1)
         names = re.findall(r"%([\w.\-]+)", operands)
         assert len(names) == 2 and all(dtype_of[n] == "bf16" for n in names), line
+
+
+@pytest.mark.parametrize("platform", ["cpu", "tpu"])
+def test_compute_dtype_and_float32_result(platform, monkeypatch):
+    """``dtype`` casts x and w inside (their cotangents come back in their own dtypes: on CPU a
+    float32 x's straight from the float32 accumulator, unrounded; w's rounded to ``dtype`` once, as
+    through a cast outside); ``out_dtype=float32`` returns the accumulator unrounded and takes a
+    float32 cotangent, which the matmuls see rounded to ``dtype``."""
+    monkeypatch.setattr(linear_lib, "target_platform", lambda: platform)
+    bf16, f32 = jnp.bfloat16, jnp.float32
+    kx, kw, kc = jax.random.split(jax.random.key(7), 3)
+    x = jax.random.normal(kx, (3, 16, 32))  # float32, as a norm hands it over
+    w = jax.random.normal(kw, (32, 24))     # a float32 parameter
+    c = jax.random.normal(kc, (3, 16, 24))
+    x64, w64 = (np.asarray(a.astype(bf16), np.float64) for a in (x, w))
+    c64 = np.asarray(c.astype(bf16), np.float64)
+
+    y32 = jax.jit(lambda x, w: linear(x, w, dtype=bf16, out_dtype=f32))(x, w)
+    assert y32.dtype == f32
+    want = np.tensordot(x64, w64, axes=1)
+    np.testing.assert_allclose(np.asarray(y32, np.float64), want, rtol=1e-5,
+                               atol=1e-5 * np.abs(want).max())
+    y16 = linear(x, w, dtype=bf16)
+    assert y16.dtype == bf16
+    np.testing.assert_array_equal(np.asarray(y16, f32), np.asarray(y32.astype(bf16), f32))
+
+    dx, dw = jax.jit(jax.grad(lambda x, w: jnp.sum(c * linear(x, w, dtype=bf16, out_dtype=f32)),
+                              argnums=(0, 1)))(x, w)
+    assert dx.dtype == f32 and dw.dtype == f32
+    want_dx = np.tensordot(c64, w64, axes=(2, 1))
+    if platform == "cpu":  # the CPU backward's own; autodiff elsewhere rounds dx to bf16 first
+        np.testing.assert_allclose(np.asarray(dx, np.float64), want_dx, rtol=1e-5,
+                                   atol=1e-5 * np.abs(want_dx).max())
+        assert not np.array_equal(np.asarray(dx), np.asarray(dx.astype(bf16).astype(f32)))
+    else:  # autodiff's bf16 dx (which XLA:CPU, emulating an accelerator here, sums in bf16)
+        np.testing.assert_allclose(np.asarray(dx, np.float64), want_dx, rtol=0,
+                                   atol=2.0 ** -5 * np.abs(want_dx).max())
+    want_dw = np.tensordot(x64, c64, axes=([0, 1], [0, 1]))
+    np.testing.assert_array_equal(np.asarray(dw), np.asarray(dw.astype(bf16).astype(f32)))
+    rtol, atol = (2.0 ** -8, 1e-5) if platform == "cpu" else (0, 2.0 ** -5)
+    np.testing.assert_allclose(np.asarray(dw, np.float64), want_dw, rtol=rtol,
+                               atol=atol * np.abs(want_dw).max())

@@ -39,7 +39,8 @@ def _constrain_act(x: jax.Array) -> jax.Array:
 
 
 class AdaLN(nnx.Module):
-    """``n`` modulation vectors [..., n, width] = silu(c) @ W + b, W and b zero-initialised."""
+    """``n`` modulation vectors [..., n, width] = silu(c) @ W + b, W and b zero-initialised; float32
+    (the matmul's accumulator: they are consumed by float32 elementwise passes)."""
 
     def __init__(self, width: int, n: int, *, dtype: Any, rngs: nnx.Rngs):
         self.dtype = dtype
@@ -48,8 +49,8 @@ class AdaLN(nnx.Module):
         self.bias = param(nnx.initializers.zeros, rngs.params(), (n, width), (None, None))
 
     def __call__(self, silu_c: jax.Array) -> jax.Array:
-        dt = self.dtype
-        return linear(silu_c.astype(dt), self.kernel[...].astype(dt), self.bias[...])
+        return linear(silu_c, self.kernel[...], self.bias[...], dtype=self.dtype,
+                      out_dtype=jnp.float32)
 
 
 def split_modulations(mod: jax.Array) -> list[jax.Array]:
@@ -95,7 +96,8 @@ class HeadBlock(nnx.Module):
     def apply_modulated(self, x: jax.Array, mod: jax.Array) -> jax.Array:
         """The block given its adaLN modulations ``mod`` [..., 3, W] (shift, scale, gate)."""
         shift, scale, gate = split_modulations(mod)
-        h = self.mlp(modulate(self.norm(x), shift, scale))
+        f32 = jnp.float32
+        h = self.mlp(modulate(self.norm(x, f32), shift, scale), out_dtype=f32)
         return _constrain_act(gated_residual(x, gate, h))
 
 
@@ -130,9 +132,9 @@ class DiffusionHead(nnx.Module):
 
     def condition(self, hidden: jax.Array, t: jax.Array) -> jax.Array:
         """c = W_c RMSNorm(hidden) + MLP(sinusoidal(t)), broadcast over leading dims."""
-        temb = timestep_embedding(t, self.freq_dim)
-        c_t = self.t_out(silu(self.t_in(temb)))
-        return self.cond_in(self.cond_norm(hidden)) + c_t
+        f32 = jnp.float32
+        c_t = self.t_out(silu(self.t_in(timestep_embedding(t, self.freq_dim), f32)), f32)
+        return self.cond_in(self.cond_norm(hidden, f32), f32) + c_t
 
     def __call__(self, x_t: jax.Array, t: jax.Array, hidden: jax.Array) -> jax.Array:
         t = jnp.broadcast_to(jnp.asarray(t), x_t.shape[:-1]) if jnp.ndim(t) == 0 else t
@@ -146,15 +148,17 @@ class DiffusionHead(nnx.Module):
     def _final(self, x: jax.Array, mod: jax.Array) -> jax.Array:
         """The output layer given its modulations ``mod`` [..., 2, W] (shift, scale)."""
         shift, scale = split_modulations(mod)
-        return self.out(modulate(self.final_norm(x), shift, scale)).astype(jnp.float32)
+        f32 = jnp.float32
+        return self.out(modulate(self.final_norm(x, f32), shift, scale), f32)
 
     # -- sampling: the condition-only work once per latent, then one cheap call per solver step --
     def modulations(self, hidden: jax.Array, ts: jax.Array) -> tuple[jax.Array, ...]:
         """Every adaLN modulation for hidden [R, E] at each solver time ts [M]: one [M, R, n, W]
         array per block, then the final layer's. They depend on (hidden, t) only, not on x_t, so
         a solver computes them for all its steps in one batched matmul per layer."""
-        c = self.cond_in(self.cond_norm(hidden))[None]  # [1, R, W]: the part constant in t
-        c_t = self.t_out(silu(self.t_in(timestep_embedding(ts, self.freq_dim))))
+        f32 = jnp.float32
+        c = self.cond_in(self.cond_norm(hidden, f32), f32)[None]  # [1, R, W]: constant in t
+        c_t = self.t_out(silu(self.t_in(timestep_embedding(ts, self.freq_dim), f32)), f32)
         silu_c = silu(c + c_t[:, None])  # [M, R, W]
         return (*(block.ada(silu_c) for block in self.blocks), self.final_ada(silu_c))
 

@@ -65,12 +65,14 @@ class RMSNorm(nnx.Module):
         key = rngs.params()  # drawn either way: the weights after it do not depend on `scale`
         self.scale = param(nnx.initializers.ones, key, (dim,), ("norm",)) if scale else None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, dtype: Any = None) -> jax.Array:
+        """The normalised x in ``dtype`` (default: the module's); float32 where the consumer
+        computes in float32 or casts it inside a :func:`linear` (no rounding pass of its own)."""
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         if self.scale is not None:
             y = y * self.scale[...]
-        return y.astype(self.dtype)
+        return y.astype(self.dtype if dtype is None else dtype)
 
 
 class Embed(nnx.Module):
@@ -105,8 +107,9 @@ class Dense(nnx.Module):
         w_init = nnx.initializers.zeros if zero_init else projection_init(init, init_std, in_dim)
         self.kernel = param(w_init, rngs.params(), (in_dim, out_dim), names)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return linear(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    def __call__(self, x: jax.Array, out_dtype: Any = None) -> jax.Array:
+        """x · W in the module's dtype, the result in ``out_dtype`` (default: that dtype)."""
+        return linear(x, self.kernel[...], dtype=self.dtype, out_dtype=out_dtype)
 
 
 def rope_inv_freq(head_dim: int, theta: float, frequencies: str = "geometric") -> jax.Array:
@@ -173,30 +176,34 @@ class Attention(nnx.Module):
                        (num_heads, head_dim, emb_dim), ("heads", "head_dim", "embed"))
 
     def qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Projected, RoPE-rotated q, k and v for inputs x [B, L, E] at positions [B, L]."""
-        dt = self.dtype
-        x = x.astype(dt)
-        q = linear(x, self.q[...].astype(dt))
-        k = linear(x, self.k[...].astype(dt))
-        v = linear(x, self.v[...].astype(dt))
+        """Projected, RoPE-rotated q, k and v (in the module's dtype) for inputs x [B, L, E] at
+        positions [B, L]. q and k leave their matmuls in float32, which RoPE computes in."""
+        dt, f32 = self.dtype, jnp.float32
+        q = linear(x, self.q[...], dtype=dt, out_dtype=f32)
+        k = linear(x, self.k[...], dtype=dt, out_dtype=f32)
+        v = linear(x, self.v[...], dtype=dt)
         q = constrain(q, ("batch", "length", "act_heads", "head_dim"))
         k = constrain(k, ("batch", "length", "act_kv_heads", "head_dim"))
         v = constrain(v, ("batch", "length", "act_kv_heads", "head_dim"))
-        q = apply_rope(q, positions, self.rope_theta, self.rope_frequencies)
-        return q, apply_rope(k, positions, self.rope_theta, self.rope_frequencies), v
+        q = apply_rope(q, positions, self.rope_theta, self.rope_frequencies).astype(dt)
+        k = apply_rope(k, positions, self.rope_theta, self.rope_frequencies).astype(dt)
+        return q, k, v
 
-    def out(self, attn: jax.Array) -> jax.Array:
-        o = self.o[...].astype(self.dtype)
-        y = linear(attn.reshape(*attn.shape[:-2], -1), o.reshape(-1, o.shape[-1]))
+    def out(self, attn: jax.Array, out_dtype: Any = None) -> jax.Array:
+        """The output projection of attn [..., H, D], in ``out_dtype`` (default: the module's)."""
+        o = self.o[...]
+        y = linear(attn.reshape(*attn.shape[:-2], -1), o.reshape(-1, o.shape[-1]),
+                   dtype=self.dtype, out_dtype=out_dtype)
         return constrain(y, ("batch", "length", "act_embed"))
 
-    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
+                 out_dtype: Any = None) -> jax.Array:
         """Causal self-attention within packed documents (``segment_ids`` [B, L], 0 = padding)."""
         q, k, v = self.qkv(x, positions)
-        return self.out(self_attention(q, k, v, segment_ids, self.implementation))
+        return self.out(self_attention(q, k, v, segment_ids, self.implementation), out_dtype)
 
     def extend(self, x: jax.Array, positions: jax.Array, valid: jax.Array, cache: dict,
-               start: jax.Array) -> tuple[jax.Array, dict]:
+               start: jax.Array, out_dtype: Any = None) -> tuple[jax.Array, dict]:
         """Attention for a chunk x [B, T, E] written at cache rows start..start+T-1.
 
         ``cache`` holds k, v [B, S, K, D] and ``valid`` [B, S] marks filled, non-padding rows
@@ -213,13 +220,15 @@ class Attention(nnx.Module):
         mask = (causal[None] & valid[:, None, :])[:, None]  # [B, 1, T, S]
         out = cached_attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask,
                                self.implementation)
-        return self.out(out), {"k": k_cache, "v": v_cache}
+        return self.out(out, out_dtype), {"k": k_cache, "v": v_cache}
 
 
 class SwiGLU(nnx.Module):
     """FFN(x) = W_o (silu(x W_gate) ⊙ x W_up), no biases. silu(·) ⊙ · is computed in float32
-    and rounded once: XLA:CPU runs a 16-bit elementwise chain with a rounding after every op, at
-    half the speed (docs/benchmarks.md, profile finding 14)."""
+    from the two matmuls' float32 results and rounded once, inside W_o's matmul: XLA:CPU runs a
+    16-bit elementwise chain with a rounding after every op, at half the speed (docs/benchmarks.md,
+    profile finding 14), and a rounding between a matmul and its consumer as a pass of its own
+    (finding 18)."""
 
     def __init__(self, emb_dim: int, mlp_dim: int, *, init_std: float, dtype: Any,
                  rngs: nnx.Rngs, out_names: tuple[str, str] = ("mlp", "embed"),
@@ -231,11 +240,11 @@ class SwiGLU(nnx.Module):
         self.down = param(projection_init(init, init_std, mlp_dim), rngs.params(),
                           (mlp_dim, emb_dim), out_names)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        dt = self.dtype
-        x = x.astype(dt)
-        g = linear(x, self.gate[...].astype(dt)).astype(jnp.float32)
-        h = (jax.nn.silu(g) * linear(x, self.up[...].astype(dt)).astype(jnp.float32)).astype(dt)
+    def __call__(self, x: jax.Array, out_dtype: Any = None) -> jax.Array:
+        """FFN(x) in ``out_dtype`` (default: the module's dtype)."""
+        dt, f32 = self.dtype, jnp.float32
+        h = (jax.nn.silu(linear(x, self.gate[...], dtype=dt, out_dtype=f32))
+             * linear(x, self.up[...], dtype=dt, out_dtype=f32))
         if h.ndim == 3:
             h = constrain(h, ("batch", "length", "act_mlp"))
-        return linear(h, self.down[...].astype(dt))
+        return linear(h, self.down[...], dtype=dt, out_dtype=out_dtype)

@@ -32,6 +32,8 @@ In 16-bit dtypes on CPU two more things decide the speed (docs/benchmarks.md, pr
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -43,27 +45,25 @@ DW_ROW_CHUNK = 1024
 DW_MAX_CHUNKS = 16
 
 
-def _forward(x: jax.Array, w: jax.Array) -> jax.Array:
-    return jnp.tensordot(x, w, axes=1)
+def _is_16bit(dtype) -> bool:
+    return jnp.dtype(dtype).itemsize < 4
 
 
-def _is_16bit(x: jax.Array) -> bool:
-    return jnp.dtype(x.dtype).itemsize < 4
-
-
-def _tensordot_cpu(a: jax.Array, b: jax.Array, axes, bias: jax.Array | None = None) -> jax.Array:
-    """tensordot (+ bias); in 16 bits accumulated in float32, the bias added to the accumulator,
-    and rounded once (see the module docstring)."""
-    if _is_16bit(a):
+def _tensordot_cpu(a: jax.Array, b: jax.Array, axes, bias: jax.Array | None = None,
+                   out_dtype=None) -> jax.Array:
+    """tensordot (+ bias) in ``out_dtype`` (default a's dtype); in 16 bits accumulated in float32,
+    the bias added to the accumulator, and rounded once, if at all (see the module docstring)."""
+    out_dtype = a.dtype if out_dtype is None else out_dtype
+    if _is_16bit(a.dtype):
         y = jnp.tensordot(a, b, axes=axes, preferred_element_type=jnp.float32)
-        return (y if bias is None else y + bias.astype(jnp.float32)).astype(a.dtype)
+        return (y if bias is None else y + bias.astype(jnp.float32)).astype(out_dtype)
     y = jnp.tensordot(a, b, axes=axes)
-    return y if bias is None else y + bias.astype(y.dtype)
+    return (y if bias is None else y + bias.astype(y.dtype)).astype(out_dtype)
 
 
 def _weight_gradient_cpu(x2: jax.Array, dy2: jax.Array) -> jax.Array:
     """x2ᵀ·dy2 for x2 [T, a], dy2 [T, b] → [a, b] (float32 in 16-bit dtypes)."""
-    if not _is_16bit(x2):
+    if not _is_16bit(x2.dtype):
         # One 2-D xᵀ·dy: XLA:CPU runs it as one matmul with a transposed operand and no copy; a
         # tensordot over the leading axes became a YNNPACK dot fed by a transpose copy.
         return jnp.dot(x2.T, dy2)
@@ -83,49 +83,71 @@ def _weight_gradient_cpu(x2: jax.Array, dy2: jax.Array) -> jax.Array:
 
 def _bias_gradient_cpu(dy2: jax.Array) -> jax.Array:
     """Σ over the rows of dy2 [rows, n] → [n], float32 (module docstring)."""
-    if _is_16bit(dy2):
+    if _is_16bit(dy2.dtype):
         return jnp.sum(dy2.astype(jnp.float32), axis=0)
     return jnp.sum(dy2, axis=0)
 
 
-@jax.custom_vjp
-def _linear_cpu(x: jax.Array, w: jax.Array, b: jax.Array | None) -> jax.Array:
-    return _tensordot_cpu(x, w, 1, b)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _linear_cpu(x: jax.Array, w: jax.Array, b: jax.Array | None, dtypes: tuple) -> jax.Array:
+    """``dtypes``: (compute, result, x's, w's); the last two are the cotangents' dtypes."""
+    dtype, out_dtype = dtypes[:2]
+    return _tensordot_cpu(x.astype(dtype), w.astype(dtype), 1, b, out_dtype)
 
 
-def _linear_cpu_fwd(x: jax.Array, w: jax.Array, b: jax.Array | None
-                    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array | None]]:
-    return _tensordot_cpu(x, w, 1, b), (x, w, b)
+def _linear_cpu_fwd(x: jax.Array, w: jax.Array, b: jax.Array | None, dtypes: tuple):
+    dtype, out_dtype = dtypes[:2]
+    xc, wc = x.astype(dtype), w.astype(dtype)
+    return _tensordot_cpu(xc, wc, 1, b, out_dtype), (xc, wc, b)
 
 
-def _linear_cpu_bwd(res: tuple[jax.Array, jax.Array, jax.Array | None], dy: jax.Array
-                    ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+def _linear_cpu_bwd(dtypes: tuple, res, dy: jax.Array):
+    dtype, _, x_dtype, w_dtype = dtypes
     x, w, b = res
-    x, dy = jax.lax.optimization_barrier((x, dy))
+    x, dy = jax.lax.optimization_barrier((x, dy.astype(dtype)))
     out_axes = list(range(1, w.ndim))  # w [in, *out]; dy [..., *out]
-    dx = _tensordot_cpu(dy, w, (list(range(x.ndim - 1, dy.ndim)), out_axes))
+    # dx straight from the float32 accumulator when x came in float32: no rounding, no pass.
+    dx = _tensordot_cpu(dy, w, (list(range(x.ndim - 1, dy.ndim)), out_axes), out_dtype=x_dtype)
     x2 = x.reshape(-1, x.shape[-1])
     dy2 = dy.reshape(x2.shape[0], -1)
-    dw = _weight_gradient_cpu(x2, dy2).reshape(w.shape)
+    # dW is rounded to the compute dtype, as autodiff through a cast weight (and PyTorch's
+    # autocast) does. On CPU the rounding also ends the fusion of the chunks' float32 sum: without
+    # it XLA fused the sum, reverse and transpose into the optimizer's update, reading the chunks
+    # in transposed order, 3.6× slower ([1344, 512] from 8 chunks: 46 ms against 13).
+    dw = _weight_gradient_cpu(x2, dy2).reshape(w.shape).astype(dtype)
     db = None if b is None else _bias_gradient_cpu(dy2).reshape(b.shape).astype(b.dtype)
-    return dx.astype(x.dtype), dw.astype(w.dtype), db
+    return dx, dw.astype(w_dtype), db
 
 
 _linear_cpu.defvjp(_linear_cpu_fwd, _linear_cpu_bwd)
 
 
-def linear(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
-    """``x[..., in]`` times ``w[in, *out]`` → ``[..., *out]``, plus ``b[*out]`` when given (x and w
-    already in the compute dtype, b any float dtype). The backward pass is CPU-specific where the
-    target platform is the CPU (see the module docstring). So is, in 16 bits, where the bias is
-    added: on CPU to the float32 accumulator before its one rounding, elsewhere to the result in
-    its dtype."""
+def linear(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, dtype=None,
+           out_dtype=None) -> jax.Array:
+    """``x[..., in]`` times ``w[in, *out]`` → ``[..., *out]``, plus ``b[*out]`` when given.
+
+    The product is computed in ``dtype`` (default: w's dtype): x and w are cast to it here, so a
+    float32 x (a norm's or a gate's output) gets its gradient straight from the float32
+    accumulator; w's gradient is rounded to ``dtype`` first, as through a cast outside. The
+    result is in
+    ``out_dtype`` (default ``dtype``); float32 with a 16-bit ``dtype`` returns the float32
+    accumulator unrounded, for a consumer that computes in float32 anyway. On XLA:CPU a rounding
+    between a matmul and its consumer is a pass of its own over memory (YNNPACK's matmul writes
+    float32 and XLA does not fuse a convert into it: docs/benchmarks.md, profile finding 18),
+    as is one of a gradient; b may be any float dtype.
+
+    The backward pass is CPU-specific where the target platform is the CPU (see the module
+    docstring). So is, in 16 bits, where the bias is added: on CPU to the float32 accumulator
+    before its one rounding, elsewhere to the result in its dtype."""
     if x.shape[-1] != w.shape[0]:
         raise ValueError(f"linear: x {x.shape} and w {w.shape} do not contract")
     if b is not None and b.shape != w.shape[1:]:
         raise ValueError(f"linear: bias {b.shape} does not match w {w.shape}'s output dims "
                          f"{w.shape[1:]}")
+    dtype = jnp.dtype(w.dtype if dtype is None else dtype)
+    out_dtype = dtype if out_dtype is None else jnp.dtype(out_dtype)
     if target_platform() == "cpu":
-        return _linear_cpu(x, w, b)
-    y = _forward(x, w)
-    return y if b is None else y + b.astype(y.dtype)
+        return _linear_cpu(x, w, b, (dtype, out_dtype, jnp.dtype(x.dtype), jnp.dtype(w.dtype)))
+    y = jnp.tensordot(x.astype(dtype), w.astype(dtype), axes=1,
+                      preferred_element_type=jnp.promote_types(dtype, out_dtype))
+    return (y if b is None else y + b.astype(y.dtype)).astype(out_dtype)

@@ -37,6 +37,14 @@ def model_options(cfg: mlc.ConfigDict) -> tuple[bool, str, str]:
             cfg.get("init", "normal"))
 
 
+def residual_add(x: jax.Array, h: jax.Array) -> jax.Array:
+    """x + h in float32, rounded once to the residual stream's dtype (x's). The norms hand their
+    output to the projections in float32 and the blocks' last matmuls return float32, so in 16
+    bits each rounding happens inside a fused elementwise pass, none on its own (docs/benchmarks.md,
+    profile finding 18)."""
+    return (x.astype(jnp.float32) + h.astype(jnp.float32)).astype(x.dtype)
+
+
 class Block(nnx.Module):
     """x + Attn(RMSNorm(x)); x + SwiGLU(RMSNorm(x))."""
 
@@ -55,16 +63,18 @@ class Block(nnx.Module):
                           init=init)
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
-        x = x + self.attn(self.attn_norm(x), positions, segment_ids)
+        f32 = jnp.float32
+        x = residual_add(x, self.attn(self.attn_norm(x, f32), positions, segment_ids, f32))
         x = constrain(x, ("batch", "length", "act_embed"))
-        x = x + self.mlp(self.mlp_norm(x))
+        x = residual_add(x, self.mlp(self.mlp_norm(x, f32), f32))
         return constrain(x, ("batch", "length", "act_embed"))
 
     def extend(self, x: jax.Array, positions: jax.Array, valid: jax.Array, cache: dict,
                start: jax.Array) -> tuple[jax.Array, dict]:
-        h, cache = self.attn.extend(self.attn_norm(x), positions, valid, cache, start)
-        x = x + h
-        return x + self.mlp(self.mlp_norm(x)), cache
+        f32 = jnp.float32
+        h, cache = self.attn.extend(self.attn_norm(x, f32), positions, valid, cache, start, f32)
+        x = residual_add(x, h)
+        return residual_add(x, self.mlp(self.mlp_norm(x, f32), f32)), cache
 
 
 def _remat(fn, policy: str):
