@@ -94,7 +94,7 @@ class Embed(nnx.Module):
 
     def attend(self, x: jax.Array) -> jax.Array:
         """Logits against the tied table: ``x · Eᵀ`` through :func:`linear` (its CPU matmuls)."""
-        return linear(x.astype(self.dtype), self.embedding[...].astype(self.dtype).T)
+        return linear(x, self.embedding[...].T, dtype=self.dtype)
 
 
 class Dense(nnx.Module):

@@ -91,8 +91,7 @@ def _bias_gradient_cpu(dy2: jax.Array) -> jax.Array:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _linear_cpu(x: jax.Array, w: jax.Array, b: jax.Array | None, dtypes: tuple) -> jax.Array:
     """``dtypes``: (compute, result, x's, w's); the last two are the cotangents' dtypes."""
-    dtype, out_dtype = dtypes[:2]
-    return _tensordot_cpu(x.astype(dtype), w.astype(dtype), 1, b, out_dtype)
+    return _linear_cpu_fwd(x, w, b, dtypes)[0]
 
 
 def _linear_cpu_fwd(x: jax.Array, w: jax.Array, b: jax.Array | None, dtypes: tuple):
@@ -129,12 +128,11 @@ def linear(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, dtype=None
     The product is computed in ``dtype`` (default: w's dtype): x and w are cast to it here, so a
     float32 x (a norm's or a gate's output) gets its gradient straight from the float32
     accumulator; w's gradient is rounded to ``dtype`` first, as through a cast outside. The
-    result is in
-    ``out_dtype`` (default ``dtype``); float32 with a 16-bit ``dtype`` returns the float32
-    accumulator unrounded, for a consumer that computes in float32 anyway. On XLA:CPU a rounding
-    between a matmul and its consumer is a pass of its own over memory (YNNPACK's matmul writes
-    float32 and XLA does not fuse a convert into it: docs/benchmarks.md, profile finding 18),
-    as is one of a gradient; b may be any float dtype.
+    result is in ``out_dtype`` (default ``dtype``); float32 with a 16-bit ``dtype`` returns the
+    float32 accumulator unrounded, for a consumer that computes in float32 anyway. On XLA:CPU a
+    rounding between a matmul and its consumer is a pass of its own over memory (YNNPACK's matmul
+    writes float32 and XLA does not fuse a convert into it: docs/benchmarks.md, profile finding
+    18), as is one of a gradient; b may be any float dtype.
 
     The backward pass is CPU-specific where the target platform is the CPU (see the module
     docstring). So is, in 16 bits, where the bias is added: on CPU to the float32 accumulator
