@@ -28,6 +28,7 @@ from latentlm_jax import host_malloc
 from latentlm_jax.config.loading import ConfigError
 from latentlm_jax.parallel.logical import activation_rules
 from latentlm_jax.train.flops import calibrate_peak_tflops, lm_flops_split
+from latentlm_jax.train.optimizer import adamw_update
 
 PEAK_SIZE = 2048  # the peak matmul is PEAK_SIZE² × PEAK_SIZE²
 PEAK_REPEATS = 8  # best of this many
@@ -259,9 +260,10 @@ def _time_parts(setup, config: mlc.ConfigDict, state: dict, batch: dict[str, jax
     def hidden_fn(params, batch):
         return hidden_states(nnx.merge(graphdef, params), batch)
 
-    def optimizer(params, opt_state, grads):
-        updates, opt_state = setup.tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
+    def optimizer(params, opt_state, grads):  # as the step runs it: the norm, then the guard
+        grad_norm = optax.global_norm(grads)
+        return adamw_update(config.train, grads, opt_state, params, grad_norm,
+                            jnp.isfinite(grad_norm))
 
     t0 = time.perf_counter()
     with activation_rules(setup.mesh, rules):

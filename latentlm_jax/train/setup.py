@@ -67,7 +67,7 @@ def build_setup(config: mlc.ConfigDict, devices: list) -> TrainSetup:
     s_shardings = state_lib.state_shardings(abs_params, p_shardings, tx, mesh,
                                             ema=config.train.ema_decay > 0)
     b_shardings = batch_shardings(task, config, mesh)
-    step_fn = jax.jit(make_train_step(task, config, graphdef, tx),
+    step_fn = jax.jit(make_train_step(task, config, graphdef),
                       in_shardings=(s_shardings, b_shardings),
                       out_shardings=(s_shardings, None), donate_argnums=(0,))
     return TrainSetup(config, task, mesh, tx, graphdef, abs_params, s_shardings, b_shardings,

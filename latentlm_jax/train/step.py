@@ -19,7 +19,7 @@ import ml_collections as mlc
 import optax
 from flax import nnx
 
-from latentlm_jax.train.optimizer import learning_rate_schedule
+from latentlm_jax.train.optimizer import adamw_update, learning_rate_schedule
 from latentlm_jax.train.task import Task
 
 
@@ -54,8 +54,9 @@ def count_nonfinite(guard: dict[str, jax.Array], finite: jax.Array, step: jax.Ar
     return {"skipped": guard["skipped"] + bad, "run": run, "halt_step": halt_step}
 
 
-def make_train_step(task: Task, config: mlc.ConfigDict, graphdef: nnx.GraphDef,
-                    tx: optax.GradientTransformation) -> Callable[..., Any]:
+def make_train_step(task: Task, config: mlc.ConfigDict,
+                    graphdef: nnx.GraphDef) -> Callable[..., Any]:
+    """The step on a state whose ``opt_state`` is ``make_optimizer(config.train).init(params)``."""
     accum = config.train.grad_accum_steps
     schedule = learning_rate_schedule(config.train)
     base_key = jax.random.key(config.seed + 1)
@@ -98,9 +99,8 @@ def make_train_step(task: Task, config: mlc.ConfigDict, graphdef: nnx.GraphDef,
         def keep(new, old):  # the update only where the step is finite
             return jnp.where(finite, new, old)
 
-        updates, opt_state = tx.update(grads, state["opt_state"], params)
-        new_params = jax.tree.map(keep, optax.apply_updates(params, updates), params)
-        opt_state = jax.tree.map(keep, opt_state, state["opt_state"])
+        new_params, opt_state = adamw_update(config.train, grads, state["opt_state"], params,
+                                             grad_norm, finite)
         step = state["step"] + 1
         guard = count_nonfinite(state["nonfinite"], finite, step, config.train)
         out = dict(metrics)
