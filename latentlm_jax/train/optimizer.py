@@ -6,8 +6,8 @@ the same arithmetic on the same state, written as one elementwise expression per
 the step's non-finite guard inside. Through optax's chain XLA computed the new moments in one
 pass and the new parameter (recomputing them) in another, both reading the old moments; since the
 moments are updated in place, it copied every moment buffer first, and the guard's selects were
-more passes (profile finding 19 in docs/benchmarks.md: 112 → 46 ms for bench_ref's 35M
-parameters on this CPU).
+more passes (profile finding 19 in docs/benchmarks.md: with the guard, 86 → 44 ms for bench_ref's
+35M parameters on a 2-core CPU).
 """
 
 from __future__ import annotations
