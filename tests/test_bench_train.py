@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from latentlm_jax import host_malloc
-from latentlm_jax.bench.train import bench_train, diffusion_terms
+from latentlm_jax.bench.train import bench_train, diffusion_terms, kernel_time_line
 from latentlm_jax.cli import main as cli_main
 from latentlm_jax.config.loading import ConfigError, load_config_file
 from latentlm_jax.data.packing import LATENT_KEYS, TEXT_KEYS
@@ -157,7 +157,7 @@ def test_the_cli_prints_every_figure_and_appends_one_json_line(tmp_path):
                   "model FLOPs/step", "backbone", "attention", "head", "XLA cost analysis",
                   "TFLOP/s per device", "matmul peak", "2048² float32 matmul", "MFU",
                   "backbone fwd+bwd", "diffusion head", "optimizer update",
-                  "data wait", "host → device transfer"):
+                  "data wait", "host → device transfer", "kernel time", "page faults max"):
         assert label in proc.stdout, label
     lines = out_file.read_text().splitlines()
     assert len(lines) == 2
@@ -171,6 +171,8 @@ def test_the_cli_prints_every_figure_and_appends_one_json_line(tmp_path):
                 "xla_flops_per_step"):
         assert r[key] > 0, key
     assert 0 < r["mfu"] < 1.5 and 0 < r["part_head_mfu"] < 1.5
+    assert len(r["step_system_s"]) == len(r["step_page_faults"]) == len(r["step_times"]) == 1
+    assert r["step_system_s"][0] >= 0 and r["step_page_faults"][0] >= 0
     assert 0.9 < r["xla_flops_per_step"] / r["flops_per_step"] < 1.2
     assert r["overrides"] == [f"{k}={v}" for k, v in SHRINK.items()]
     # `latentlm` set the allocator before JAX started (latentlm_jax/host_malloc.py) and says so,
@@ -178,3 +180,15 @@ def test_the_cli_prints_every_figure_and_appends_one_json_line(tmp_path):
     env = host_malloc.huge_pages_environ(one_device_env()) or one_device_env()
     expected = "retain, huge pages" if host_malloc.huge_pages(env) else "retain"
     assert r["host_malloc"] == expected and f"; host malloc {expected}\n" in proc.stdout
+
+
+def test_the_kernel_time_line_names_the_slow_steps():
+    """Steps over 1.5× the median are listed with their kernel seconds and page faults."""
+    out = {"step_times": [1.4, 13.4, 1.5, 1.4, 3.0], "step_median_s": 1.5,
+           "step_system_s": [0.0, 17.2, 0.01, 0.0, 0.5], "step_page_faults": [0, 1385, 2, 0, 90]}
+    line = kernel_time_line(out)
+    assert line == ("  kernel time         median 0.0100 s   max 17.2000 s per step; page faults "
+                    "max 1,385; 2 steps over 1.5× the median: 13.40 s (17.20 s kernel, 1,385 "
+                    "faults), 3.00 s (0.50 s kernel, 90 faults)")
+    calm = dict(out, step_times=[1.4, 1.5, 1.5, 1.4, 1.6])
+    assert kernel_time_line(calm).endswith("page faults max 1,385")

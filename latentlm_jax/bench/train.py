@@ -12,6 +12,7 @@ wait for data (the next batch from the pipeline; host → device transfer for ``
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Callable
 from typing import Any
@@ -146,16 +147,24 @@ def bench_train(config: mlc.ConfigDict, *, steps: int = 5, warmup: int = 2,
             batch = next_batch()
         if "latent_mask" in batch:
             latents_seen.append(int(batch["latent_mask"].sum()))
+        before = resource.getrusage(resource.RUSAGE_SELF)
         t = time.perf_counter()
         state, metrics = step(state, batch)
         jax.block_until_ready((state, metrics))
         step_times.append(time.perf_counter() - t)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        # The kernel's share of the step (all threads): page faults on fresh memory show here
+        step_system.append(after.ru_stime - before.ru_stime)
+        step_faults.append(after.ru_minflt - before.ru_minflt)
         losses.append(float(metrics["loss"]))
 
     step_times: list[float] = []
+    step_system: list[float] = []
+    step_faults: list[int] = []
     for _ in range(warmup + steps):
         one_step()
     step_times = step_times[warmup:]
+    step_system, step_faults = step_system[warmup:], step_faults[warmup:]
     latents_seen = latents_seen[warmup:]
 
     def traced_step() -> Any:  # untimed, unrecorded: the profiler's calls
@@ -191,6 +200,7 @@ def bench_train(config: mlc.ConfigDict, *, steps: int = 5, warmup: int = 2,
         "seq_len": config.data.seq_len, "params": setup.num_params,
         "compile_s": compile_s, "parts_compile_s": parts_compile_s,
         "warmup": warmup, "steps": steps, "step_times": step_times,
+        "step_system_s": step_system, "step_page_faults": step_faults,
         **{f"step_{k}": v for k, v in summary(step_times).items()},
         "tokens_per_step": tokens, "latent_tokens_per_step": latent_tokens,
         "tokens_per_s": tokens / step_s, "latent_tokens_per_s": latent_tokens / step_s,
@@ -295,6 +305,21 @@ def _time_parts(setup, config: mlc.ConfigDict, state: dict, batch: dict[str, jax
     return times, compile_s
 
 
+def kernel_time_line(out: dict[str, Any]) -> str:
+    """The kernel's (system) seconds and minor page faults per timed step, with the steps they
+    slowed: a step that maps fresh memory pays for it here, not in the program (docs/
+    benchmarks.md, profile findings 14 and 19)."""
+    system, faults, times = out["step_system_s"], out["step_page_faults"], out["step_times"]
+    slow = [i for i, t in enumerate(times) if t > 1.5 * out["step_median_s"]]
+    line = (f"  kernel time         median {float(np.median(system)):.4f} s   max "
+            f"{max(system):.4f} s per step; page faults max {max(faults):,}")
+    if slow:
+        line += (f"; {len(slow)} step{'s' if len(slow) > 1 else ''} over 1.5× the median: "
+                 + ", ".join(f"{times[i]:.2f} s ({system[i]:.2f} s kernel, {faults[i]:,} faults)"
+                             for i in slow))
+    return line
+
+
 def report_lines(out: dict[str, Any], config: mlc.ConfigDict) -> list[str]:
     """The console report of :func:`bench_train`'s figures."""
     m = config.model
@@ -314,6 +339,7 @@ def report_lines(out: dict[str, Any], config: mlc.ConfigDict) -> list[str]:
         f"timed: {out['steps']} steps after {out['warmup']} warm-up",
         f"  step time           median {out['step_median_s']:.4f} s   min "
         f"{out['step_min_s']:.4f} s   max {out['step_max_s']:.4f} s",
+        kernel_time_line(out),
         f"  tokens/s            {out['tokens_per_s']:,.1f}"
         + (f"   (latent tokens/s {out['latent_tokens_per_s']:,.1f})"
            if out["latent_tokens_per_step"] else ""),
