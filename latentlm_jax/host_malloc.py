@@ -25,7 +25,16 @@ few GB of temporaries then need ~500× fewer TLB entries and page faults: the re
 got 2–4% faster, float32 and bf16 alike (docs/benchmarks.md, profile finding 17). glibc reads
 tunables only at start-up, from ``GLIBC_TUNABLES``, so the ``latentlm`` command re-executes itself
 once with it set, before anything else happens. A ``GLIBC_TUNABLES`` that already names
-``glibc.malloc.hugetlb`` is left as it is (``glibc.malloc.hugetlb=0`` turns this part off).
+``glibc.malloc.hugetlb`` is left as it is (``glibc.malloc.hugetlb=0`` turns this part off, ``=1``
+turns it on where the next paragraph would not).
+
+Not on a VM that hands its free memory back to its host (virtio-balloon *free page reporting*):
+there the guest reports every free 2 MB block to the host within seconds, the host discards it,
+and a huge page made of such a block is backed again at first touch. On the 2-core VM this
+project is developed on, a fresh huge page took 26–34 ms to map (13–15 s per GB) against 0.4 s per
+GB on 4 KB pages, so a bench_ref process spent 30–55 s more in the kernel for a step 2% faster
+(docs/benchmarks.md, profile finding 20). A timed probe cannot tell: memory freed moments before
+(by the previous process) maps fast until the host has taken it back.
 """
 
 from __future__ import annotations
@@ -43,6 +52,9 @@ HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb"
 HUGE_PAGES_ON = f"{HUGE_PAGES_TUNABLE}=1"
 THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 _HUGE_PAGES_GLIBC = (2, 35)  # the first glibc with glibc.malloc.hugetlb
+VIRTIO_DEVICES = "/sys/bus/virtio/devices"
+_VIRTIO_ID_BALLOON = 5  # the virtio spec's device ID of a memory balloon
+_VIRTIO_BALLOON_F_REPORTING = 5  # its feature bit: free page reporting
 
 # glibc <malloc.h>
 M_TRIM_THRESHOLD = -1
@@ -105,6 +117,28 @@ def transparent_huge_pages_available(thp_setting: str = THP_SETTING) -> bool:
     return "[always]" in text or "[madvise]" in text
 
 
+def host_takes_back_free_memory(virtio_devices: str = VIRTIO_DEVICES) -> bool:
+    """Whether this is a VM whose virtio memory balloon reports the guest's free pages to the host
+    (the device's ``VIRTIO_BALLOON_F_REPORTING`` feature, read from sysfs), so that fresh huge
+    pages are slow to map (module docstring)."""
+    try:
+        names = os.listdir(virtio_devices)
+    except OSError:
+        return False
+    for name in names:
+        try:
+            with open(os.path.join(virtio_devices, name, "device")) as f:
+                device = int(f.read().strip(), 16)
+            with open(os.path.join(virtio_devices, name, "features")) as f:
+                features = f.read().strip()  # one '0' or '1' per feature bit, bit 0 first
+        except (OSError, ValueError):
+            continue
+        if (device == _VIRTIO_ID_BALLOON and len(features) > _VIRTIO_BALLOON_F_REPORTING
+                and features[_VIRTIO_BALLOON_F_REPORTING] == "1"):
+            return True
+    return False
+
+
 def _glibc_version() -> tuple[int, ...]:
     name, version = platform.libc_ver()
     if name != "glibc":
@@ -116,12 +150,14 @@ def _glibc_version() -> tuple[int, ...]:
 
 
 def huge_pages_environ(environ: Mapping[str, str] | None = None, *,
-                       thp_setting: str = THP_SETTING) -> dict[str, str] | None:
+                       thp_setting: str = THP_SETTING,
+                       virtio_devices: str = VIRTIO_DEVICES) -> dict[str, str] | None:
     """``environ`` with ``glibc.malloc.hugetlb=1`` added to ``GLIBC_TUNABLES`` (module docstring),
     or None where it does not apply: ``LATENTLM_HOST_MALLOC`` is not ``retain`` (an unknown value
     is :func:`retain_freed_memory`'s error to report), the host CPU is not JAX's platform, the C
-    library is not glibc 2.35 or newer on Linux, the kernel has no transparent huge pages, or
-    ``GLIBC_TUNABLES`` already names the tunable."""
+    library is not glibc 2.35 or newer on Linux, the kernel has no transparent huge pages,
+    ``GLIBC_TUNABLES`` already names the tunable, or the host takes back the guest's free memory
+    (:func:`host_takes_back_free_memory`)."""
     environ = os.environ if environ is None else environ
     if _choice(environ) != "retain":
         return None
@@ -132,15 +168,17 @@ def huge_pages_environ(environ: Mapping[str, str] | None = None, *,
     tunables = environ.get("GLIBC_TUNABLES", "")
     if HUGE_PAGES_TUNABLE in tunables or not transparent_huge_pages_available(thp_setting):
         return None
+    if host_takes_back_free_memory(virtio_devices):
+        return None
     return {**environ,
             "GLIBC_TUNABLES": f"{tunables}:{HUGE_PAGES_ON}" if tunables else HUGE_PAGES_ON}
 
 
-def reexec_with_huge_pages() -> None:
+def reexec_with_huge_pages(virtio_devices: str = VIRTIO_DEVICES) -> None:
     """Replaces this process with the same command, run again with :func:`huge_pages_environ`'s
     environment, where that applies and JAX is not imported yet; otherwise returns. Only for a
     program's first line (the ``latentlm`` command): nothing before it survives."""
-    environ = huge_pages_environ()
+    environ = huge_pages_environ(virtio_devices=virtio_devices)
     if environ is None or "jax" in sys.modules:
         return
     sys.stdout.flush()
@@ -156,3 +194,14 @@ def huge_pages(environ: Mapping[str, str] | None = None) -> bool:
     transparent huge pages."""
     environ = os.environ if environ is None else environ
     return HUGE_PAGES_ON in environ.get("GLIBC_TUNABLES", "").split(":")
+
+
+def describe(environ: Mapping[str, str] | None = None,
+             virtio_devices: str = VIRTIO_DEVICES) -> str:
+    """How this process allocates host memory, in words (``bench train`` prints it)."""
+    text = "retain" if retained() else "system"
+    if huge_pages(environ):
+        return text + ", huge pages"
+    if retained() and host_takes_back_free_memory(virtio_devices):
+        text += " (no huge pages: this VM's host takes back free memory, so they map slowly)"
+    return text

@@ -131,14 +131,48 @@ def test_transparent_huge_pages_are_read_from_the_kernel_setting(tmp_path, setti
     assert host_malloc.transparent_huge_pages_available(path) is available
 
 
+def _virtio_devices(tmp_path, *devices: tuple[str, str]) -> str:
+    """A sysfs-like folder of virtio devices, each (device ID, feature bits) as the kernel prints
+    them, e.g. ("0x0005", "0110010...")."""
+    root = tmp_path / "virtio"
+    root.mkdir()
+    for i, (device, features) in enumerate(devices):
+        (root / f"virtio{i}").mkdir()
+        (root / f"virtio{i}" / "device").write_text(device + "\n")
+        (root / f"virtio{i}" / "features").write_text(features + "\n")
+    return str(root)
+
+
+# bit 5 is VIRTIO_BALLOON_F_REPORTING on a balloon (device 5); on a block device (2) it is not
+_REPORTING = "0110010100000000000000000000000100000000000000000000000000000000"
+_NOT_REPORTING = "0110000100000000000000000000000100000000000000000000000000000000"
+
+
+@pytest.mark.parametrize("devices, takes_back", [
+    ((("0x0005", _REPORTING),), True),
+    ((("0x0002", "0010001001100100"), ("0x0005", _REPORTING)), True),
+    ((("0x0005", _NOT_REPORTING),), False),
+    ((("0x0002", _REPORTING),), False),  # bit 5 of another device means something else
+    ((("0x0005", "01100"),), False),  # too few bits printed
+    ((("zz", _REPORTING),), False),  # unreadable: not a balloon
+    ((), False)])
+def test_a_host_that_takes_back_free_memory_is_read_from_sysfs(tmp_path, devices, takes_back):
+    root = _virtio_devices(tmp_path, *devices)
+    assert host_malloc.host_takes_back_free_memory(root) is takes_back
+    assert not host_malloc.host_takes_back_free_memory(str(tmp_path / "no-virtio-bus"))
+
+
 @needs_glibc_2_35
 def test_huge_pages_are_asked_for_with_a_glibc_tunable(tmp_path):
     thp = _thp_file(tmp_path, "always [madvise] never")
-    env = host_malloc.huge_pages_environ({"JAX_PLATFORMS": "cpu", "A": "1"}, thp_setting=thp)
+    virtio = _virtio_devices(tmp_path, ("0x0005", _NOT_REPORTING))
+    env = host_malloc.huge_pages_environ({"JAX_PLATFORMS": "cpu", "A": "1"}, thp_setting=thp,
+                                         virtio_devices=virtio)
     assert env == {"JAX_PLATFORMS": "cpu", "A": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
     # other tunables are kept
     env = host_malloc.huge_pages_environ(
-        {"JAX_PLATFORMS": "cpu", "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, thp_setting=thp)
+        {"JAX_PLATFORMS": "cpu", "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, thp_setting=thp,
+        virtio_devices=virtio)
     assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
     assert host_malloc.huge_pages(env)
     assert not host_malloc.huge_pages({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})
@@ -154,7 +188,30 @@ def test_huge_pages_are_asked_for_with_a_glibc_tunable(tmp_path):
     ({"JAX_PLATFORMS": "cpu"}, "always madvise [never]")])
 def test_huge_pages_are_not_asked_for_where_they_must_not_be(tmp_path, environ, setting):
     thp = _thp_file(tmp_path, setting)
-    assert host_malloc.huge_pages_environ(environ, thp_setting=thp) is None
+    virtio = _virtio_devices(tmp_path, ("0x0005", _NOT_REPORTING))
+    assert host_malloc.huge_pages_environ(environ, thp_setting=thp,
+                                          virtio_devices=virtio) is None
+
+
+@needs_glibc_2_35
+def test_huge_pages_are_not_asked_for_where_the_host_takes_back_free_memory(tmp_path):
+    thp = _thp_file(tmp_path, "always [madvise] never")
+    virtio = _virtio_devices(tmp_path, ("0x0005", _REPORTING))
+    assert host_malloc.huge_pages_environ({"JAX_PLATFORMS": "cpu"}, thp_setting=thp,
+                                          virtio_devices=virtio) is None
+    # the user's own tunable still wins: a process started with it has huge pages
+    assert host_malloc.describe({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+                                virtio).endswith(", huge pages")
+
+
+def test_the_description_says_why_there_are_no_huge_pages(tmp_path, monkeypatch):
+    reporting = _virtio_devices(tmp_path, ("0x0005", _REPORTING))
+    monkeypatch.setattr(host_malloc, "_retained", True)
+    assert host_malloc.describe({}, reporting) == (
+        "retain (no huge pages: this VM's host takes back free memory, so they map slowly)")
+    assert host_malloc.describe({}, str(tmp_path / "none")) == "retain"
+    monkeypatch.setattr(host_malloc, "_retained", False)
+    assert host_malloc.describe({}, reporting) == "system"
 
 
 @glibc_linux
@@ -169,7 +226,8 @@ def test_the_command_reexecutes_itself_once_with_its_heap_on_huge_pages():
         "import sys\n"
         "from latentlm_jax.host_malloc import reexec_with_huge_pages, retain_freed_memory\n"
         "print('start', flush=True)\n"
-        "reexec_with_huge_pages()\n"
+        "reexec_with_huge_pages(virtio_devices='/no/virtio/bus')\n"  # as on a host that keeps
+        # the memory it gives (here, huge pages are not asked for by default: test above)
         "retain_freed_memory()\n"
         "import json, os, jax, jax.numpy as jnp\n"
         "x = jnp.ones((4096, 1024), jnp.float32)\n"

@@ -191,8 +191,7 @@ def bench_train(config: mlc.ConfigDict, *, steps: int = 5, warmup: int = 2,
     tflops = flops / step_s / n_dev / 1e12
     out: dict[str, Any] = {
         "kind": "bench_train", "jax": jax.__version__, "platform": devices[0].platform,
-        "host_malloc": ("retain" if host_malloc.retained() else "system")
-        + (", huge pages" if host_malloc.huge_pages() else ""),
+        "host_malloc": host_malloc.describe(),
         "devices": n_dev, "processes": jax.process_count(),
         "dtype": config.model.dtype, "scan_layers": bool(config.model.scan_layers),
         "remat_policy": config.model.remat_policy, "attention": config.model.attention,
