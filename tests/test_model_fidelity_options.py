@@ -49,8 +49,10 @@ def test_defaults_build_the_parameters_they_built_before_the_options(scan, squar
     p = pure_params(LatentLM(model_cfg(scan_layers=scan), rngs=nnx.Rngs(0)))
     leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(p)]
     assert len(leaves) == (57 if scan else 66)
-    np.testing.assert_allclose(sum((x * x).sum() for x in leaves), squares, rtol=1e-9)
-    np.testing.assert_allclose(sum(np.abs(x).sum() for x in leaves), absolute, rtol=1e-9)
+    # rtol 1e-7: jax 0.12's initialisers differ from 0.10's in the last float32 bit of a few
+    # weights (the sum of squares by 1.2e-9); a changed initialiser moves it by far more
+    np.testing.assert_allclose(sum((x * x).sum() for x in leaves), squares, rtol=1e-7)
+    np.testing.assert_allclose(sum(np.abs(x).sum() for x in leaves), absolute, rtol=1e-7)
     if scan:
         f = flat(p)
         for name, first in {
