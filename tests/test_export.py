@@ -273,13 +273,16 @@ def nnx_state(model):
 def test_generate_and_eval_sharded_over_all_devices_match_one_device(runs, tmp_path,
                                                                       monkeypatch, capsys):
     """--devices all loads the LatentLM and its σ-VAE sharded over the 8 devices and generates
-    the same images as one device (float32 on CPU: bitwise); eval gives the same numbers."""
+    the same images as one device (float32 on CPU: bitwise on jax 0.10; on 0.12 the sharded
+    program sums in another order, and one pixel of 6,144 came out one level apart); eval gives
+    the same numbers."""
     sizes = _spy_meshes(monkeypatch)
     one = _generate(runs / "ex_f32", tmp_path / "one")
     assert sizes == [1, 1]  # the LatentLM, then its σ-VAE
     every = _generate(runs / "ex_f32", tmp_path / "all", "--devices", "all")
     assert sizes[2:] == [8, 8]
-    np.testing.assert_array_equal(every, one)
+    apart = np.abs(every.astype(np.int64) - one.astype(np.int64))
+    assert apart.max() <= 1 and (apart > 0).mean() < 1e-3, (apart.max(), (apart > 0).sum())
     assert one.std() > 0
     results = []
     for devices in ("1", "8"):
