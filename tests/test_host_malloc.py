@@ -226,8 +226,9 @@ def test_the_command_reexecutes_itself_once_with_its_heap_on_huge_pages():
         "import sys\n"
         "from latentlm_jax.host_malloc import reexec_with_huge_pages, retain_freed_memory\n"
         "print('start', flush=True)\n"
-        "reexec_with_huge_pages(virtio_devices='/no/virtio/bus')\n"  # as on a host that keeps
-        # the memory it gives (here, huge pages are not asked for by default: test above)
+        # as on a host that keeps the memory it gives (on one that takes it back, huge pages
+        # are not asked for: the test above)
+        "reexec_with_huge_pages(virtio_devices='/no/virtio/bus')\n"
         "retain_freed_memory()\n"
         "import json, os, jax, jax.numpy as jnp\n"
         "x = jnp.ones((4096, 1024), jnp.float32)\n"
