@@ -70,12 +70,12 @@ def adamw_update(t: mlc.ConfigDict, grads: Any, opt_state: Any, params: Any,
 
     if t.grad_clip > 0:  # optax.clip_by_global_norm's (g / norm) · clip, as one scalar factor
         clip = jnp.where(grad_norm < t.grad_clip, 1.0, t.grad_clip / grad_norm)
+    keep = lambda new, old: jnp.where(finite, new.astype(old.dtype), old)
 
     def one(p, g, mu, nu, decayed):
         if t.grad_clip > 0:
             # A product XLA fuses into both moments' passes; the division was a pass of its own.
             g = g * clip.astype(g.dtype)
-        keep = lambda new, old: jnp.where(finite, new.astype(old.dtype), old)
         mu_new = keep((1 - b1) * g + b1 * mu, mu)
         nu_new = keep((1 - b2) * (g ** 2) + b2 * nu, nu)
         # The parameter's update reads the new moments as they are returned (the old ones where
@@ -94,7 +94,6 @@ def adamw_update(t: mlc.ConfigDict, grads: Any, opt_state: Any, params: Any,
                    strict=True)
     new_params, mu, nu = zip(*(one(*leaf) for leaf in per_leaf), strict=True)
     rebuild = lambda leaves: jax.tree.unflatten(treedef, leaves)
-    keep_count = lambda new, old: jnp.where(finite, new, old)
-    new_adam = adam._replace(count=keep_count(count, adam.count), mu=rebuild(mu), nu=rebuild(nu))
-    new_sched = sched._replace(count=keep_count(optax.safe_increment(sched.count), sched.count))
+    new_adam = adam._replace(count=keep(count, adam.count), mu=rebuild(mu), nu=rebuild(nu))
+    new_sched = sched._replace(count=keep(optax.safe_increment(sched.count), sched.count))
     return rebuild(new_params), (*clip_state, (new_adam, masked, new_sched))
