@@ -26,7 +26,7 @@ demo: $(STAMP)
 
 # Everything, slow end-to-end tests included (what CI runs via .ci/run).
 test: $(STAMP)
-	$(BIN)/ruff check latentlm_jax configs launch tests
+	$(BIN)/ruff check latentlm_jax configs launch tests setup.py
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 # The edit loop: lint and the tests not marked `slow` (training runs of more than a few steps,
@@ -35,12 +35,12 @@ test: $(STAMP)
 # (the first run fills it; a changed program is compiled afresh; `make clean` removes it).
 JAX_CACHE := $(VENV)/jax_cache
 test-fast: $(STAMP)
-	$(BIN)/ruff check latentlm_jax configs launch tests
+	$(BIN)/ruff check latentlm_jax configs launch tests setup.py
 	JAX_COMPILATION_CACHE_DIR="$(CURDIR)/$(JAX_CACHE)" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
 	  $(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check latentlm_jax configs launch tests
+	$(BIN)/ruff check latentlm_jax configs launch tests setup.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -1,12 +1,15 @@
 """latentlm_jax: multimodal latent language models with next-token diffusion, in JAX / Flax NNX."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="latentlm_jax",
     version="0.1.0",
-    description="Multimodal latent language models (next-token diffusion) in JAX/Flax NNX at pod scale",
-    long_description=open("README.md", encoding="utf-8").read(),
+    description="Multimodal latent language models (next-token diffusion) in JAX/Flax NNX, "
+                "at pod scale",
+    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["latentlm_jax", "latentlm_jax.*"]),
