@@ -35,18 +35,45 @@ project is developed on, a fresh huge page took 26–34 ms to map (13–15 s per
 GB on 4 KB pages, so a bench_ref process spent 30–55 s more in the kernel for a step 2% faster
 (docs/benchmarks.md, profile finding 20). A timed probe cannot tell: memory freed moments before
 (by the previous process) maps fast until the host has taken it back.
+
+Better still is another allocator. Within a step XLA:CPU's YNNPACK matmuls allocate and free
+thousands of 64 KB–8 MB scratch buffers (~7,000 per bench_ref step), and after compilation the
+kept glibc heap holds ~30,000 free chunks: every such ``malloc`` walks glibc's size-sorted bins,
+cache miss after cache miss, 4% of the step's core time in ``_int_malloc`` (profile finding 21).
+jemalloc and tcmalloc serve those sizes from per-size caches: the reference step 2–5% faster. So
+where the dynamic linker finds one (``libjemalloc.so.2``: Debian/Ubuntu's ``libjemalloc2``;
+``libtcmalloc_minimal.so.4``: ``libtcmalloc-minimal4``), the ``latentlm`` command re-executes
+itself once with it in ``LD_PRELOAD``, told to keep freed memory as above (jemalloc's
+``MALLOC_CONF`` decay times −1, tcmalloc's release rate 0; a value the user set is kept).
+``LATENTLM_HOST_MALLOC`` chooses: ``auto`` (the default: jemalloc, else tcmalloc, else glibc as
+above), ``jemalloc`` or ``tcmalloc`` (that one, or an error), ``retain`` (glibc), ``system``
+(nothing changes), or the path of a jemalloc or tcmalloc library. An allocator already in
+``LD_PRELOAD`` (a TPU VM's tcmalloc) is left as it is.
 """
 
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import os
 import platform
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 ENV_VAR = "LATENTLM_HOST_MALLOC"
-CHOICES = ("retain", "system")
+CHOICES = ("auto", "jemalloc", "tcmalloc", "retain", "system")  # or a library's path
+
+# Allocators that can replace glibc's malloc through LD_PRELOAD: the names the dynamic linker is
+# asked for (ctypes.util.find_library), a symbol that only that allocator defines (so a process
+# can tell it is loaded), and the settings that make it keep freed memory (module docstring).
+ALLOCATORS: dict[str, tuple[tuple[str, ...], str, dict[str, str]]] = {
+    "jemalloc": (("jemalloc",), "mallctl",
+                 {"MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"}),
+    "tcmalloc": (("tcmalloc_minimal", "tcmalloc"), "tc_malloc",
+                 {"TCMALLOC_RELEASE_RATE": "0",
+                  # it prints a line for each allocation over 1 GB (a step's temporaries) else
+                  "TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 50)}),
+}
 
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb"
 HUGE_PAGES_ON = f"{HUGE_PAGES_TUNABLE}=1"
@@ -77,19 +104,92 @@ def host_is_the_device(environ: Mapping[str, str]) -> bool:
 
 
 def _choice(environ: Mapping[str, str]) -> str:
-    return environ.get(ENV_VAR, "retain").strip().lower() or "retain"
+    value = environ.get(ENV_VAR, "auto").strip() or "auto"
+    return value if os.sep in value else value.lower()
+
+
+def _checked_choice(environ: Mapping[str, str]) -> str:
+    """``LATENTLM_HOST_MALLOC``: one of ``CHOICES`` or an existing library's path; otherwise
+    ``ValueError`` (one line for the user)."""
+    choice = _choice(environ)
+    if choice in CHOICES:
+        return choice
+    if os.sep not in choice:
+        raise ValueError(f"{ENV_VAR}={environ[ENV_VAR]!r}: expected one of {', '.join(CHOICES)} "
+                         f"or the path of a jemalloc or tcmalloc library")
+    if not os.path.isfile(choice):
+        raise ValueError(f"{ENV_VAR}={choice!r}: no such file")
+    if _kind_of(choice) is None:
+        raise ValueError(f"{ENV_VAR}={choice!r}: not a jemalloc or tcmalloc library (by its "
+                         f"name)")
+    return choice
+
+
+def _kind_of(library: str) -> str | None:
+    """Which of ``ALLOCATORS`` a library path or file name is, by its name."""
+    name = os.path.basename(library)
+    return next((kind for kind in ALLOCATORS if kind in name), None)
+
+
+def _preload_entries(environ: Mapping[str, str]) -> list[str]:
+    return environ.get("LD_PRELOAD", "").replace(":", " ").split()
+
+
+def preloaded_allocator(environ: Mapping[str, str] | None = None) -> str | None:
+    """The ``LD_PRELOAD`` entry of ``environ`` that is a jemalloc or tcmalloc library, if any."""
+    environ = os.environ if environ is None else environ
+    return next((e for e in _preload_entries(environ) if _kind_of(e) is not None), None)
+
+
+def active_allocator() -> str | None:
+    """``"jemalloc"`` or ``"tcmalloc"`` when that allocator is this process's malloc (its own
+    symbol is defined: it was preloaded, or linked in), else None (glibc's)."""
+    try:
+        process = ctypes.CDLL(None)
+    except OSError:
+        return None
+    return next((kind for kind, (_, symbol, _) in ALLOCATORS.items()
+                 if hasattr(process, symbol)), None)
+
+
+def allocator_to_preload(environ: Mapping[str, str] | None = None, *,
+                         find: Callable[[str], str | None] = ctypes.util.find_library
+                         ) -> tuple[str, str] | None:
+    """(kind, library) to put in ``LD_PRELOAD`` (module docstring), or None: the choice is
+    ``retain`` or ``system``, the host CPU is not JAX's platform, this is not Linux, an allocator
+    is in ``LD_PRELOAD`` already, or (``auto``) none is installed. ``find`` turns a library name
+    (``"jemalloc"``) into what the dynamic linker loads (``"libjemalloc.so.2"``) or None. A choice
+    that cannot be honoured (unknown, or ``jemalloc`` not installed) raises ``ValueError``."""
+    environ = os.environ if environ is None else environ
+    choice = _checked_choice(environ)
+    if choice in ("retain", "system") or not host_is_the_device(environ):
+        return None
+    if not sys.platform.startswith("linux") or preloaded_allocator(environ) is not None:
+        return None
+    if os.sep in choice:
+        return _kind_of(choice), choice
+    for kind in ALLOCATORS if choice == "auto" else (choice,):
+        for name in ALLOCATORS[kind][0]:
+            library = find(name)
+            if library:
+                return kind, library
+    if choice == "auto":
+        return None
+    raise ValueError(f"{ENV_VAR}={choice}: no {choice} library found (Debian/Ubuntu: apt install "
+                     f"{'libjemalloc2' if choice == 'jemalloc' else 'libtcmalloc-minimal4'})")
 
 
 def retain_freed_memory(environ: Mapping[str, str] | None = None) -> bool:
     """Sets glibc's allocator to keep and reuse freed memory (module docstring) when JAX is not
     imported yet, the host CPU will be its platform, the C library is glibc, and
-    ``LATENTLM_HOST_MALLOC`` is not ``system``. Returns whether it did. An unknown
+    ``LATENTLM_HOST_MALLOC`` is not ``system``. Returns whether it did. Not where another
+    allocator is this process's malloc (:func:`active_allocator`). An unknown
     ``LATENTLM_HOST_MALLOC`` raises ``ValueError``."""
     environ = os.environ if environ is None else environ
-    choice = _choice(environ)
-    if choice not in CHOICES:
-        raise ValueError(f"{ENV_VAR}={environ[ENV_VAR]!r}: expected one of {', '.join(CHOICES)}")
+    choice = _checked_choice(environ)
     if choice == "system" or not host_is_the_device(environ):
+        return False
+    if active_allocator() is not None:
         return False
     if "jax" in sys.modules:  # its threads may own arenas already: a half-applied setting
         return False
@@ -153,13 +253,14 @@ def huge_pages_environ(environ: Mapping[str, str] | None = None, *,
                        thp_setting: str = THP_SETTING,
                        virtio_devices: str = VIRTIO_DEVICES) -> dict[str, str] | None:
     """``environ`` with ``glibc.malloc.hugetlb=1`` added to ``GLIBC_TUNABLES`` (module docstring),
-    or None where it does not apply: ``LATENTLM_HOST_MALLOC`` is not ``retain`` (an unknown value
-    is :func:`retain_freed_memory`'s error to report), the host CPU is not JAX's platform, the C
+    or None where it does not apply: ``LATENTLM_HOST_MALLOC`` is not ``auto`` or ``retain`` (an
+    unknown value is :func:`retain_freed_memory`'s error to report), an allocator is in
+    ``LD_PRELOAD`` (the tunable is glibc's), the host CPU is not JAX's platform, the C
     library is not glibc 2.35 or newer on Linux, the kernel has no transparent huge pages,
     ``GLIBC_TUNABLES`` already names the tunable, or the host takes back the guest's free memory
     (:func:`host_takes_back_free_memory`)."""
     environ = os.environ if environ is None else environ
-    if _choice(environ) != "retain":
+    if _choice(environ) not in ("auto", "retain") or preloaded_allocator(environ) is not None:
         return None
     if not host_is_the_device(environ) or not sys.platform.startswith("linux"):
         return None
@@ -174,18 +275,47 @@ def huge_pages_environ(environ: Mapping[str, str] | None = None, *,
             "GLIBC_TUNABLES": f"{tunables}:{HUGE_PAGES_ON}" if tunables else HUGE_PAGES_ON}
 
 
-def reexec_with_huge_pages(virtio_devices: str = VIRTIO_DEVICES) -> None:
-    """Replaces this process with the same command, run again with :func:`huge_pages_environ`'s
+def preload_environ(environ: Mapping[str, str] | None = None, *,
+                    find: Callable[[str], str | None] = ctypes.util.find_library
+                    ) -> dict[str, str] | None:
+    """``environ`` with :func:`allocator_to_preload`'s library first in ``LD_PRELOAD`` and its
+    settings (``ALLOCATORS``) added where the user has not set them, or None."""
+    environ = os.environ if environ is None else environ
+    chosen = allocator_to_preload(environ, find=find)
+    if chosen is None:
+        return None
+    kind, library = chosen
+    settings = ALLOCATORS[kind][2]
+    return {**settings, **environ, "LD_PRELOAD": " ".join([library, *_preload_entries(environ)])}
+
+
+def host_malloc_environ(environ: Mapping[str, str] | None = None, *,
+                        find: Callable[[str], str | None] = ctypes.util.find_library,
+                        thp_setting: str = THP_SETTING,
+                        virtio_devices: str = VIRTIO_DEVICES) -> dict[str, str] | None:
+    """The environment the ``latentlm`` command re-executes itself with: another allocator
+    preloaded (:func:`preload_environ`), else glibc's heap on huge pages
+    (:func:`huge_pages_environ`), else None (run on as it is)."""
+    environ = os.environ if environ is None else environ
+    return (preload_environ(environ, find=find)
+            or huge_pages_environ(environ, thp_setting=thp_setting,
+                                  virtio_devices=virtio_devices))
+
+
+def reexec_with_host_malloc(virtio_devices: str = VIRTIO_DEVICES, *,
+                            find: Callable[[str], str | None] = ctypes.util.find_library) -> None:
+    """Replaces this process with the same command, run again with :func:`host_malloc_environ`'s
     environment, where that applies and JAX is not imported yet; otherwise returns. Only for a
-    program's first line (the ``latentlm`` command): nothing before it survives."""
-    environ = huge_pages_environ(virtio_devices=virtio_devices)
+    program's first line (the ``latentlm`` command): nothing before it survives. An unknown or
+    unavailable ``LATENTLM_HOST_MALLOC`` raises ``ValueError``."""
+    environ = host_malloc_environ(find=find, virtio_devices=virtio_devices)
     if environ is None or "jax" in sys.modules:
         return
     sys.stdout.flush()
     sys.stderr.flush()
     try:
         os.execve(sys.executable, sys.orig_argv, environ)
-    except OSError:  # cannot re-execute (no interpreter path): run on without huge pages
+    except OSError:  # cannot re-execute (no interpreter path): run on as it is
         return
 
 
@@ -199,6 +329,11 @@ def huge_pages(environ: Mapping[str, str] | None = None) -> bool:
 def describe(environ: Mapping[str, str] | None = None,
              virtio_devices: str = VIRTIO_DEVICES) -> str:
     """How this process allocates host memory, in words (``bench train`` prints it)."""
+    environ = os.environ if environ is None else environ
+    kind = active_allocator()
+    if kind is not None:
+        library = preloaded_allocator(environ)
+        return kind + (f" ({library})" if library and _kind_of(library) == kind else "")
     text = "retain" if retained() else "system"
     if huge_pages(environ):
         return text + ", huge pages"

@@ -175,11 +175,14 @@ def test_the_cli_prints_every_figure_and_appends_one_json_line(tmp_path):
     assert r["step_system_s"][0] >= 0 and r["step_page_faults"][0] >= 0
     assert 0.9 < r["xla_flops_per_step"] / r["flops_per_step"] < 1.2
     assert r["overrides"] == [f"{k}={v}" for k, v in SHRINK.items()]
-    # `latentlm` set the allocator before JAX started (latentlm_jax/host_malloc.py) and says so,
-    # with huge pages where glibc and the kernel offer them and the host does not take back free
-    # memory (and why not where it does)
-    env = host_malloc.huge_pages_environ(one_device_env()) or one_device_env()
-    if host_malloc.huge_pages(env):
+    # `latentlm` set the allocator before JAX started (latentlm_jax/host_malloc.py) and says so:
+    # jemalloc or tcmalloc where installed, else glibc's kept heap, with huge pages where glibc and
+    # the kernel offer them and the host does not take back free memory (and why not where it does)
+    env = host_malloc.host_malloc_environ(one_device_env()) or one_device_env()
+    chosen = host_malloc.allocator_to_preload(one_device_env())
+    if chosen is not None:  # jemalloc or tcmalloc is installed here: preloaded
+        expected = f"{chosen[0]} ({chosen[1]})"
+    elif host_malloc.huge_pages(env):
         expected = "retain, huge pages"
     elif host_malloc.host_takes_back_free_memory():
         expected = ("retain (no huge pages: this VM's host takes back free memory, so they map "

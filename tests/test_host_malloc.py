@@ -3,6 +3,7 @@
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 
@@ -96,10 +97,96 @@ def test_nothing_changes_where_it_cannot_or_must_not_apply():
     assert not host_malloc.retained()
 
 
+_UNKNOWN = ("LATENTLM_HOST_MALLOC='arena': expected one of auto, jemalloc, tcmalloc, retain, "
+            "system or the path of a jemalloc or tcmalloc library")
+
+
 def test_an_unknown_choice_is_an_error():
-    with pytest.raises(ValueError, match="LATENTLM_HOST_MALLOC='arena': expected one of retain, "
-                                         "system"):
+    with pytest.raises(ValueError, match=_UNKNOWN):
         host_malloc.retain_freed_memory({"JAX_PLATFORMS": "cpu", "LATENTLM_HOST_MALLOC": "arena"})
+    with pytest.raises(ValueError, match=_UNKNOWN):
+        host_malloc.host_malloc_environ({"JAX_PLATFORMS": "cpu", "LATENTLM_HOST_MALLOC": "arena"})
+
+
+def _finder(**installed: str):
+    """A find_library that knows only ``installed`` (name → what the dynamic linker loads)."""
+    return lambda name: installed.get(name)
+
+
+_JEMALLOC = {"jemalloc": "libjemalloc.so.2"}
+_TCMALLOC = {"tcmalloc_minimal": "libtcmalloc_minimal.so.4"}
+
+
+@pytest.mark.parametrize("choice, installed, expected", [
+    (None, {**_JEMALLOC, **_TCMALLOC}, ("jemalloc", "libjemalloc.so.2")),  # auto: jemalloc first
+    ("auto", _TCMALLOC, ("tcmalloc", "libtcmalloc_minimal.so.4")),
+    ("AUTO", {"tcmalloc": "libtcmalloc.so.4"}, ("tcmalloc", "libtcmalloc.so.4")),
+    ("auto", {}, None),  # none installed: glibc, kept (retain)
+    ("tcmalloc", {**_JEMALLOC, **_TCMALLOC}, ("tcmalloc", "libtcmalloc_minimal.so.4")),
+    ("retain", _JEMALLOC, None),
+    ("system", _JEMALLOC, None)])
+def test_the_allocator_to_preload_is_found_by_the_dynamic_linker(choice, installed, expected):
+    environ = {"JAX_PLATFORMS": "cpu"}
+    if choice is not None:
+        environ["LATENTLM_HOST_MALLOC"] = choice
+    assert host_malloc.allocator_to_preload(environ, find=_finder(**installed)) == expected
+
+
+def test_no_allocator_is_preloaded_where_it_must_not_be():
+    find = _finder(**_JEMALLOC)
+    assert host_malloc.allocator_to_preload({}, find=find) is None  # an accelerator host
+    assert host_malloc.allocator_to_preload({"JAX_PLATFORMS": "tpu"}, find=find) is None
+    # one is preloaded already: ours after the re-execution, or the user's (a TPU VM's tcmalloc)
+    for preload in ("libjemalloc.so.2", "/usr/lib/libtcmalloc.so.4 libfoo.so",
+                    "a.so:libjemalloc.so"):
+        environ = {"JAX_PLATFORMS": "cpu", "LD_PRELOAD": preload}
+        assert host_malloc.allocator_to_preload(environ, find=find) is None
+        assert host_malloc.preload_environ(environ, find=find) is None
+    assert host_malloc.preloaded_allocator({"LD_PRELOAD": "libfoo.so"}) is None
+
+
+def test_a_named_allocator_that_is_not_installed_is_an_error():
+    with pytest.raises(ValueError, match=r"^LATENTLM_HOST_MALLOC=jemalloc: no jemalloc library "
+                                         r"found \(Debian/Ubuntu: apt install libjemalloc2\)$"):
+        host_malloc.allocator_to_preload(
+            {"JAX_PLATFORMS": "cpu", "LATENTLM_HOST_MALLOC": "jemalloc"}, find=_finder(**_TCMALLOC))
+
+
+def test_a_library_path_is_checked(tmp_path):
+    library = tmp_path / "libjemalloc.so.2"
+    library.write_bytes(b"")
+    environ = {"JAX_PLATFORMS": "cpu", "LATENTLM_HOST_MALLOC": str(library)}
+    assert host_malloc.allocator_to_preload(environ, find=_finder()) == ("jemalloc", str(library))
+    with pytest.raises(ValueError, match="no such file"):
+        host_malloc.allocator_to_preload(
+            {"JAX_PLATFORMS": "cpu", "LATENTLM_HOST_MALLOC": str(tmp_path / "libjemalloc.so")})
+    other = tmp_path / "libmimalloc.so"
+    other.write_bytes(b"")
+    with pytest.raises(ValueError, match="not a jemalloc or tcmalloc library"):
+        host_malloc.allocator_to_preload(
+            {"JAX_PLATFORMS": "cpu", "LATENTLM_HOST_MALLOC": str(other)})
+
+
+def test_the_preload_environment_keeps_freed_memory_and_the_users_settings(tmp_path):
+    find = _finder(**_JEMALLOC, **_TCMALLOC)
+    env = host_malloc.preload_environ({"JAX_PLATFORMS": "cpu", "A": "1"}, find=find)
+    assert env == {"JAX_PLATFORMS": "cpu", "A": "1", "LD_PRELOAD": "libjemalloc.so.2",
+                   "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"}
+    # first in LD_PRELOAD, before the user's; the user's MALLOC_CONF wins
+    env = host_malloc.preload_environ({"JAX_PLATFORMS": "cpu", "LD_PRELOAD": "libfoo.so",
+                                       "MALLOC_CONF": "narenas:2"}, find=find)
+    assert env["LD_PRELOAD"] == "libjemalloc.so.2 libfoo.so" and env["MALLOC_CONF"] == "narenas:2"
+    env = host_malloc.preload_environ({"JAX_PLATFORMS": "cpu", "LATENTLM_HOST_MALLOC": "tcmalloc"},
+                                      find=find)
+    assert env["LD_PRELOAD"] == "libtcmalloc_minimal.so.4"
+    assert env["TCMALLOC_RELEASE_RATE"] == "0" and "MALLOC_CONF" not in env
+    # the re-execution's environment: the allocator, not huge pages (glibc's tunable)
+    thp = _thp_file(tmp_path, "always [madvise] never")
+    virtio = _virtio_devices(tmp_path, ("0x0005", _NOT_REPORTING))
+    env = host_malloc.host_malloc_environ({"JAX_PLATFORMS": "cpu"}, find=find, thp_setting=thp,
+                                          virtio_devices=virtio)
+    assert env["LD_PRELOAD"] == "libjemalloc.so.2" and "GLIBC_TUNABLES" not in env
+    assert host_malloc.huge_pages_environ(env, thp_setting=thp, virtio_devices=virtio) is None
 
 
 @pytest.mark.slow
@@ -108,8 +195,7 @@ def test_cli_reports_an_unknown_choice_in_one_line():
     out = subprocess.run(latentlm_command("describe", "--config", LM_TINY), env=env,
                          capture_output=True, text=True, timeout=300, cwd=os.getcwd())
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == [
-        "latentlm: error: LATENTLM_HOST_MALLOC='arena': expected one of retain, system"]
+    assert out.stderr.strip().splitlines() == [f"latentlm: error: {_UNKNOWN}"]
 
 
 def _thp_file(tmp_path, setting: str) -> str:
@@ -206,12 +292,20 @@ def test_huge_pages_are_not_asked_for_where_the_host_takes_back_free_memory(tmp_
 
 def test_the_description_says_why_there_are_no_huge_pages(tmp_path, monkeypatch):
     reporting = _virtio_devices(tmp_path, ("0x0005", _REPORTING))
+    monkeypatch.setattr(host_malloc, "active_allocator", lambda: None)  # glibc's malloc
     monkeypatch.setattr(host_malloc, "_retained", True)
     assert host_malloc.describe({}, reporting) == (
         "retain (no huge pages: this VM's host takes back free memory, so they map slowly)")
     assert host_malloc.describe({}, str(tmp_path / "none")) == "retain"
     monkeypatch.setattr(host_malloc, "_retained", False)
     assert host_malloc.describe({}, reporting) == "system"
+
+
+def test_the_description_names_a_preloaded_allocator(monkeypatch):
+    monkeypatch.setattr(host_malloc, "active_allocator", lambda: "jemalloc")
+    assert host_malloc.describe({"LD_PRELOAD": "libfoo.so libjemalloc.so.2"}) == (
+        "jemalloc (libjemalloc.so.2)")
+    assert host_malloc.describe({}) == "jemalloc"  # linked in, not preloaded
 
 
 @glibc_linux
@@ -224,11 +318,11 @@ def test_the_command_reexecutes_itself_once_with_its_heap_on_huge_pages():
     # its tunables and how much of its memory is on huge pages
     probe = (
         "import sys\n"
-        "from latentlm_jax.host_malloc import reexec_with_huge_pages, retain_freed_memory\n"
+        "from latentlm_jax.host_malloc import reexec_with_host_malloc, retain_freed_memory\n"
         "print('start', flush=True)\n"
         # as on a host that keeps the memory it gives (on one that takes it back, huge pages
         # are not asked for: the test above)
-        "reexec_with_huge_pages(virtio_devices='/no/virtio/bus')\n"
+        "reexec_with_host_malloc(virtio_devices='/no/virtio/bus')\n"
         "retain_freed_memory()\n"
         "import json, os, jax, jax.numpy as jnp\n"
         "x = jnp.ones((4096, 1024), jnp.float32)\n"
@@ -238,6 +332,7 @@ def test_the_command_reexecutes_itself_once_with_its_heap_on_huge_pages():
         "print(json.dumps({'tunables': os.environ.get('GLIBC_TUNABLES'), 'huge_kb': huge_kb,\n"
         "                  'sum': s, 'argv': sys.argv[1:]}))\n")
     env = {k: v for k, v in one_device_env().items() if k != "GLIBC_TUNABLES"}
+    env["LATENTLM_HOST_MALLOC"] = "retain"  # glibc's heap, even where jemalloc is installed
     out = subprocess.run([sys.executable, "-c", probe, "an-argument"], env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -248,3 +343,43 @@ def test_the_command_reexecutes_itself_once_with_its_heap_on_huge_pages():
     assert result["argv"] == ["an-argument"]  # the same command line
     assert result["huge_kb"] >= 2048, result  # at least one 2 MB page
     assert result["sum"] == pytest.approx(4096 * 4096 * float(np.tanh(1024.0)))
+
+
+@glibc_linux
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="builds a stand-in library with gcc")
+@pytest.mark.slow
+def test_the_command_reexecutes_itself_once_with_the_allocator_preloaded(tmp_path):
+    # A stand-in for jemalloc: a library of that name that defines jemalloc's `mallctl` (and
+    # leaves malloc to glibc), so the test needs no allocator installed.
+    source = tmp_path / "stand_in.c"
+    source.write_text("int mallctl(const char *n, void *o, void *ol, void *nv, unsigned long nl)"
+                      " { return 0; }\n")
+    library = tmp_path / "libjemalloc.so.2"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(library), str(source)], check=True,
+                   timeout=120)
+    probe = (
+        "import json, os, sys\n"
+        "from latentlm_jax import host_malloc\n"
+        "print('start', flush=True)\n"
+        "host_malloc.reexec_with_host_malloc()\n"
+        "applied = host_malloc.retain_freed_memory()\n"
+        "import jax, jax.numpy as jnp\n"
+        "s = float(jax.jit(lambda x: jnp.tanh(x @ x.T).sum())(jnp.ones((256, 64))))\n"
+        "print(json.dumps({'preload': os.environ.get('LD_PRELOAD'), 'retain': applied,\n"
+        "                  'conf': os.environ.get('MALLOC_CONF'), 'sum': s, 'argv': sys.argv[1:],\n"
+        "                  'active': host_malloc.active_allocator(),\n"
+        "                  'describe': host_malloc.describe()}))\n")
+    env = {k: v for k, v in one_device_env().items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+    env["LATENTLM_HOST_MALLOC"] = str(library)
+    out = subprocess.run([sys.executable, "-c", probe, "an-argument"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[:2] == ["start", "start"]  # once before and once after the re-execution
+    result = json.loads(lines[-1])
+    assert result["preload"] == str(library) and result["active"] == "jemalloc"
+    assert result["conf"] == "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+    assert result["retain"] is False  # glibc's mallopt is not this process's malloc
+    assert result["describe"] == f"jemalloc ({library})"
+    assert result["argv"] == ["an-argument"]  # the same command line
+    assert result["sum"] == pytest.approx(256 * 256 * float(np.tanh(64.0)))

@@ -89,8 +89,9 @@ ALLOWED = {
     "latentlm_jax/config/loading.py": {"os.path.isfile"},
     "latentlm_jax/bench/memory.py": {"os.path.isfile"},
     "latentlm_jax/cli/platforms.py": {"glob.glob", "os.path.exists"},  # probes /dev and /sys
-    # reads the kernel's huge-page setting and the virtio devices' features in /sys
-    "latentlm_jax/host_malloc.py": {"open", "os.listdir"},
+    # reads the kernel's huge-page setting and the virtio devices' features in /sys, and checks
+    # that an allocator library named in LATENTLM_HOST_MALLOC exists (local: for LD_PRELOAD)
+    "latentlm_jax/host_malloc.py": {"open", "os.listdir", "os.path.isfile"},
     "latentlm_jax/data/sources.py": {"os.open"},  # the local branch of TextFileSource (pread)
     "latentlm_jax/demo/generation.py": {"np.load", "np.savez_compressed"},  # on paths.open_file
     "latentlm_jax/image_metrics/npz.py": {"np.load", "np.savez"},  # on paths.open_file

@@ -69,12 +69,13 @@ def user_error(exc: BaseException) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     from latentlm_jax.cli.platforms import default_to_cpu_without_accelerator
     from latentlm_jax.config.loading import split_config_args
-    from latentlm_jax.host_malloc import reexec_with_huge_pages, retain_freed_memory
+    from latentlm_jax.host_malloc import reexec_with_host_malloc, retain_freed_memory
 
     default_to_cpu_without_accelerator()  # before JAX starts: libtpu stays quiet on a CPU host
-    if argv is None:  # the `latentlm` command itself: its heap on huge pages (host_malloc)
-        reexec_with_huge_pages()
-    try:  # before JAX starts its CPU threads: their temporaries reuse freed memory, no page faults
+    try:
+        if argv is None:  # the `latentlm` command itself: jemalloc, or huge pages (host_malloc)
+            reexec_with_host_malloc()
+        # before JAX starts its CPU threads: their temporaries reuse freed memory, no page faults
         retain_freed_memory()
     except ValueError as e:
         print(f"latentlm: error: {e}", file=sys.stderr)
