@@ -54,18 +54,22 @@ above), ``jemalloc`` or ``tcmalloc`` (that one, or an error), ``retain`` (glibc)
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import os
 import platform
+import re
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Mapping
 
 ENV_VAR = "LATENTLM_HOST_MALLOC"
 CHOICES = ("auto", "jemalloc", "tcmalloc", "retain", "system")  # or a library's path
 
-# Allocators that can replace glibc's malloc through LD_PRELOAD: the names the dynamic linker is
-# asked for (ctypes.util.find_library), a symbol that only that allocator defines (so a process
-# can tell it is loaded), and the settings that make it keep freed memory (module docstring).
+# Allocators that can replace glibc's malloc through LD_PRELOAD: the names looked up in the
+# dynamic linker's cache (library_in_linker_cache), a symbol that only that allocator defines (so
+# a process can tell it is loaded), and the settings that make it keep freed memory (module
+# docstring).
 ALLOCATORS: dict[str, tuple[tuple[str, ...], str, dict[str, str]]] = {
     "jemalloc": (("jemalloc",), "mallctl",
                  {"MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"}),
@@ -152,13 +156,41 @@ def active_allocator() -> str | None:
                  if hasattr(process, symbol)), None)
 
 
+# the dynamic linker cache's tag of this machine's 64-bit libraries, as ctypes.util reads it
+_LDCONFIG_ABI = {"x86_64": "libc6,x86-64", "ppc64le": "libc6,64bit", "s390x": "libc6,64bit"}
+
+
+@functools.lru_cache(maxsize=1)
+def _linker_cache() -> str:
+    """``ldconfig -p``: the libraries the dynamic linker finds by name ("" where unavailable)."""
+    ldconfig = shutil.which("ldconfig") or "/sbin/ldconfig"
+    try:
+        return subprocess.run([ldconfig, "-p"], capture_output=True, text=True, timeout=10,
+                              env={"LC_ALL": "C", "LANG": "C"}).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def library_in_linker_cache(name: str, cache: str | None = None,
+                            machine: str | None = None) -> str | None:
+    """The path of ``lib<name>.so…`` in the dynamic linker's cache (``ldconfig -p``) for this
+    machine's ABI, or None. One ``ldconfig`` run for every name (``ctypes.util.find_library``
+    also tries gcc and ld for each name it misses: ~25 ms a name)."""
+    cache = _linker_cache() if cache is None else cache
+    machine = platform.machine() if machine is None else machine
+    abi = _LDCONFIG_ABI.get(machine, "libc6")
+    line = rf"^\s*lib{re.escape(name)}\.so[.\d]*\s+\({re.escape(abi)}[,)][^=]*=>\s*(\S+)"
+    match = re.search(line, cache, re.MULTILINE)
+    return match.group(1) if match else None
+
+
 def allocator_to_preload(environ: Mapping[str, str] | None = None, *,
-                         find: Callable[[str], str | None] = ctypes.util.find_library
+                         find: Callable[[str], str | None] = library_in_linker_cache
                          ) -> tuple[str, str] | None:
     """(kind, library) to put in ``LD_PRELOAD`` (module docstring), or None: the choice is
     ``retain`` or ``system``, the host CPU is not JAX's platform, this is not Linux, an allocator
     is in ``LD_PRELOAD`` already, or (``auto``) none is installed. ``find`` turns a library name
-    (``"jemalloc"``) into what the dynamic linker loads (``"libjemalloc.so.2"``) or None. A choice
+    (``"jemalloc"``) into the library's path or None. A choice
     that cannot be honoured (unknown, or ``jemalloc`` not installed) raises ``ValueError``."""
     environ = os.environ if environ is None else environ
     choice = _checked_choice(environ)
@@ -276,7 +308,7 @@ def huge_pages_environ(environ: Mapping[str, str] | None = None, *,
 
 
 def preload_environ(environ: Mapping[str, str] | None = None, *,
-                    find: Callable[[str], str | None] = ctypes.util.find_library
+                    find: Callable[[str], str | None] = library_in_linker_cache
                     ) -> dict[str, str] | None:
     """``environ`` with :func:`allocator_to_preload`'s library first in ``LD_PRELOAD`` and its
     settings (``ALLOCATORS``) added where the user has not set them, or None."""
@@ -290,7 +322,7 @@ def preload_environ(environ: Mapping[str, str] | None = None, *,
 
 
 def host_malloc_environ(environ: Mapping[str, str] | None = None, *,
-                        find: Callable[[str], str | None] = ctypes.util.find_library,
+                        find: Callable[[str], str | None] = library_in_linker_cache,
                         thp_setting: str = THP_SETTING,
                         virtio_devices: str = VIRTIO_DEVICES) -> dict[str, str] | None:
     """The environment the ``latentlm`` command re-executes itself with: another allocator
@@ -303,7 +335,7 @@ def host_malloc_environ(environ: Mapping[str, str] | None = None, *,
 
 
 def reexec_with_host_malloc(virtio_devices: str = VIRTIO_DEVICES, *,
-                            find: Callable[[str], str | None] = ctypes.util.find_library) -> None:
+                            find: Callable[[str], str | None] = library_in_linker_cache) -> None:
     """Replaces this process with the same command, run again with :func:`host_malloc_environ`'s
     environment, where that applies and JAX is not imported yet; otherwise returns. Only for a
     program's first line (the ``latentlm`` command): nothing before it survives. An unknown or

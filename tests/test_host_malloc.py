@@ -132,6 +132,32 @@ def test_the_allocator_to_preload_is_found_by_the_dynamic_linker(choice, install
     assert host_malloc.allocator_to_preload(environ, find=_finder(**installed)) == expected
 
 
+_LDCONFIG_P = """\
+1234 libs found in cache `/etc/ld.so.cache'
+\tlibjemalloc.so.2 (libc6) => /usr/lib/i386-linux-gnu/libjemalloc.so.2
+\tlibjemalloc.so.2 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libjemalloc.so.2
+\tlibtcmalloc_minimal.so.4 (libc6,AArch64) => /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4
+\tlibtcmalloc_minimal_debug.so.4 (libc6,x86-64) => /usr/lib/libtcmalloc_minimal_debug.so.4
+\tlibc.so.6 (libc6,x86-64, OS ABI: Linux 3.2.0) => /lib/x86_64-linux-gnu/libc.so.6
+"""
+
+
+@pytest.mark.parametrize("name, machine, path", [
+    ("jemalloc", "x86_64", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),  # not the i386 one
+    ("c", "x86_64", "/lib/x86_64-linux-gnu/libc.so.6"),
+    ("tcmalloc_minimal", "aarch64", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4"),
+    ("tcmalloc_minimal", "x86_64", None),  # only its _debug variant for this ABI
+    ("tcmalloc", "x86_64", None)])
+def test_libraries_are_looked_up_in_the_dynamic_linkers_cache(name, machine, path):
+    assert host_malloc.library_in_linker_cache(name, _LDCONFIG_P, machine) == path
+
+
+@glibc_linux
+def test_the_real_linker_cache_has_the_c_library():
+    path = host_malloc.library_in_linker_cache("c")
+    assert path is not None and os.path.basename(path) == "libc.so.6" and os.path.exists(path)
+
+
 def test_no_allocator_is_preloaded_where_it_must_not_be():
     find = _finder(**_JEMALLOC)
     assert host_malloc.allocator_to_preload({}, find=find) is None  # an accelerator host
