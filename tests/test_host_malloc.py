@@ -334,6 +334,19 @@ def test_the_description_names_a_preloaded_allocator(monkeypatch):
     assert host_malloc.describe({}) == "jemalloc"  # linked in, not preloaded
 
 
+def _run_reexecuting(probe: str, env: dict) -> dict:
+    """Runs ``probe`` (which prints "start", re-executes itself, then prints a JSON line) with an
+    argument; checks that it ran twice with the same command line; returns the JSON."""
+    out = subprocess.run([sys.executable, "-c", probe, "an-argument"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[:2] == ["start", "start"]  # once before and once after the re-execution
+    result = json.loads(lines[-1])
+    assert result["argv"] == ["an-argument"]  # the same command line
+    return result
+
+
 @glibc_linux
 @needs_glibc_2_35
 @pytest.mark.skipif(not host_malloc.transparent_huge_pages_available(),
@@ -359,14 +372,8 @@ def test_the_command_reexecutes_itself_once_with_its_heap_on_huge_pages():
         "                  'sum': s, 'argv': sys.argv[1:]}))\n")
     env = {k: v for k, v in one_device_env().items() if k != "GLIBC_TUNABLES"}
     env["LATENTLM_HOST_MALLOC"] = "retain"  # glibc's heap, even where jemalloc is installed
-    out = subprocess.run([sys.executable, "-c", probe, "an-argument"], env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.strip().splitlines()
-    assert lines[:2] == ["start", "start"]  # once before and once after the re-execution
-    result = json.loads(lines[-1])
+    result = _run_reexecuting(probe, env)
     assert result["tunables"] == "glibc.malloc.hugetlb=1"
-    assert result["argv"] == ["an-argument"]  # the same command line
     assert result["huge_kb"] >= 2048, result  # at least one 2 MB page
     assert result["sum"] == pytest.approx(4096 * 4096 * float(np.tanh(1024.0)))
 
@@ -397,15 +404,9 @@ def test_the_command_reexecutes_itself_once_with_the_allocator_preloaded(tmp_pat
         "                  'describe': host_malloc.describe()}))\n")
     env = {k: v for k, v in one_device_env().items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
     env["LATENTLM_HOST_MALLOC"] = str(library)
-    out = subprocess.run([sys.executable, "-c", probe, "an-argument"], env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.strip().splitlines()
-    assert lines[:2] == ["start", "start"]  # once before and once after the re-execution
-    result = json.loads(lines[-1])
+    result = _run_reexecuting(probe, env)
     assert result["preload"] == str(library) and result["active"] == "jemalloc"
     assert result["conf"] == "dirty_decay_ms:-1,muzzy_decay_ms:-1"
     assert result["retain"] is False  # glibc's mallopt is not this process's malloc
     assert result["describe"] == f"jemalloc ({library})"
-    assert result["argv"] == ["an-argument"]  # the same command line
     assert result["sum"] == pytest.approx(256 * 256 * float(np.tanh(64.0)))
