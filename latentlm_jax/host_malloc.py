@@ -62,21 +62,29 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 ENV_VAR = "LATENTLM_HOST_MALLOC"
 CHOICES = ("auto", "jemalloc", "tcmalloc", "retain", "system")  # or a library's path
 
-# Allocators that can replace glibc's malloc through LD_PRELOAD: the names looked up in the
-# dynamic linker's cache (library_in_linker_cache), a symbol that only that allocator defines (so
-# a process can tell it is loaded), and the settings that make it keep freed memory (module
-# docstring).
-ALLOCATORS: dict[str, tuple[tuple[str, ...], str, dict[str, str]]] = {
-    "jemalloc": (("jemalloc",), "mallctl",
-                 {"MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"}),
-    "tcmalloc": (("tcmalloc_minimal", "tcmalloc"), "tc_malloc",
-                 {"TCMALLOC_RELEASE_RATE": "0",
-                  # it prints a line for each allocation over 1 GB (a step's temporaries) else
-                  "TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 50)}),
+
+class Allocator(NamedTuple):
+    """A malloc that can replace glibc's through ``LD_PRELOAD``."""
+    names: tuple[str, ...]  # looked up in the dynamic linker's cache (library_in_linker_cache)
+    symbol: str  # defined only by this allocator: a process can tell it is loaded
+    settings: dict[str, str]  # environment that makes it keep freed memory (module docstring)
+    package: str  # Debian/Ubuntu's package of it, for the error where it is missing
+
+
+ALLOCATORS = {
+    "jemalloc": Allocator(("jemalloc",), "mallctl",
+                          {"MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"}, "libjemalloc2"),
+    "tcmalloc": Allocator(("tcmalloc_minimal", "tcmalloc"), "tc_malloc",
+                          {"TCMALLOC_RELEASE_RATE": "0",
+                           # it prints a line for each allocation over 1 GB (a step's
+                           # temporaries) else
+                           "TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 50)},
+                          "libtcmalloc-minimal4"),
 }
 
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb"
@@ -152,8 +160,8 @@ def active_allocator() -> str | None:
         process = ctypes.CDLL(None)
     except OSError:
         return None
-    return next((kind for kind, (_, symbol, _) in ALLOCATORS.items()
-                 if hasattr(process, symbol)), None)
+    return next((kind for kind, allocator in ALLOCATORS.items()
+                 if hasattr(process, allocator.symbol)), None)
 
 
 # the dynamic linker cache's tag of this machine's 64-bit libraries, as ctypes.util reads it
@@ -201,14 +209,14 @@ def allocator_to_preload(environ: Mapping[str, str] | None = None, *,
     if os.sep in choice:
         return _kind_of(choice), choice
     for kind in ALLOCATORS if choice == "auto" else (choice,):
-        for name in ALLOCATORS[kind][0]:
+        for name in ALLOCATORS[kind].names:
             library = find(name)
             if library:
                 return kind, library
     if choice == "auto":
         return None
     raise ValueError(f"{ENV_VAR}={choice}: no {choice} library found (Debian/Ubuntu: apt install "
-                     f"{'libjemalloc2' if choice == 'jemalloc' else 'libtcmalloc-minimal4'})")
+                     f"{ALLOCATORS[choice].package})")
 
 
 def retain_freed_memory(environ: Mapping[str, str] | None = None) -> bool:
@@ -317,7 +325,7 @@ def preload_environ(environ: Mapping[str, str] | None = None, *,
     if chosen is None:
         return None
     kind, library = chosen
-    settings = ALLOCATORS[kind][2]
+    settings = ALLOCATORS[kind].settings
     return {**settings, **environ, "LD_PRELOAD": " ".join([library, *_preload_entries(environ)])}
 
 
