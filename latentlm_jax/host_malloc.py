@@ -81,8 +81,8 @@ ALLOCATORS = {
                           {"MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"}, "libjemalloc2"),
     "tcmalloc": Allocator(("tcmalloc_minimal", "tcmalloc"), "tc_malloc",
                           {"TCMALLOC_RELEASE_RATE": "0",
-                           # it prints a line for each allocation over 1 GB (a step's
-                           # temporaries) else
+                           # else it prints a line for every allocation over 1 GB (each
+                           # step's temporaries)
                            "TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 50)},
                           "libtcmalloc-minimal4"),
 }
@@ -198,8 +198,8 @@ def allocator_to_preload(environ: Mapping[str, str] | None = None, *,
     """(kind, library) to put in ``LD_PRELOAD`` (module docstring), or None: the choice is
     ``retain`` or ``system``, the host CPU is not JAX's platform, this is not Linux, an allocator
     is in ``LD_PRELOAD`` already, or (``auto``) none is installed. ``find`` turns a library name
-    (``"jemalloc"``) into the library's path or None. A choice
-    that cannot be honoured (unknown, or ``jemalloc`` not installed) raises ``ValueError``."""
+    (``"jemalloc"``) into the library's path or None. A choice that cannot be honoured (unknown,
+    or ``jemalloc`` not installed) raises ``ValueError``."""
     environ = os.environ if environ is None else environ
     choice = _checked_choice(environ)
     if choice in ("retain", "system") or not host_is_the_device(environ):
