@@ -13,6 +13,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["latentlm_jax", "latentlm_jax.*"]),
+    package_data={"latentlm_jax.kernels": ["*.cc"]},
     install_requires=[
         "jax>=0.10,<0.14",
         "flax>=0.12.4,<0.14",

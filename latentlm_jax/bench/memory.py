@@ -154,10 +154,11 @@ def hlo_flops(config: mlc.ConfigDict) -> float:
     """FLOPs of one train step over the global batch, by XLA's cost analysis of the step's HLO
     lowered for one host CPU device with the layers unrolled: the same model, loss, remat and
     optimizer as the TPU program, before partitioning, with every layer counted (XLA counts a
-    scanned body once). The TPU-only splash kernel is counted as XLA attention (full scores)."""
+    scanned body once). The splash and cpu_flash kernels are counted as XLA attention (full
+    scores): XLA cannot see into them."""
     c = mlc.ConfigDict(config.to_dict())
     c.model.scan_layers = False
-    if c.model.attention == "splash":
+    if c.model.attention in ("splash", "cpu_flash"):
         c.model.attention = "xla"
     for level in ("ici", "dcn"):
         for axis in c.mesh[level]:

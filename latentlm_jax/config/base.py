@@ -61,6 +61,7 @@ def base_config() -> mlc.ConfigDict:
     # Attention implementation (docs/attention.md): xla (the reference: explicit scores and mask)
     # | dot_product (jax.nn.dot_product_attention: cuDNN flash on GPU, XLA elsewhere)
     # | splash (Pallas splash-attention kernel; TPU only)
+    # | cpu_flash (a fused C++ kernel for XLA:CPU through the XLA FFI, built on first use; CPU only)
     m.attention = "xla"
     m.tie_embeddings = False
     m.init_std = 0.02

@@ -96,7 +96,7 @@ def check_values(config: mlc.ConfigDict) -> None:
     _choice(config, "model.dtype", ("float32", "bfloat16"))
     _choice(config, "model.param_dtype", ("float32",))
     _choice(config, "model.remat_policy", ("none", "full", "save_dots"))
-    _choice(config, "model.attention", ("xla", "dot_product", "splash"))
+    _choice(config, "model.attention", ("xla", "dot_product", "splash", "cpu_flash"))
     _choice(config, "model.rope_frequencies", ("geometric", "authors"))  # models/layers.py
     _choice(config, "model.init", ("normal", "torch_default"))  # models/layers.py INITS
     _choice(config, "model.diffusion.schedule", ("cosine", "linear"))

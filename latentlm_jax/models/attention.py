@@ -8,6 +8,8 @@ implementations chosen by ``model.attention`` (docs/attention.md):
   same-document mask; cuDNN's fused (flash) kernel on GPU for bf16/f16, XLA elsewhere.
 - ``splash``: the Pallas splash-attention kernel (TPU only) with segment ids and a causal mask,
   under ``shard_map`` over the mesh's batch, heads and length axes; no [L, L] array exists.
+- ``cpu_flash``: a fused C++ kernel for XLA:CPU (:mod:`latentlm_jax.kernels.cpu_attention`,
+  through the XLA FFI), under ``shard_map`` over batch and heads; the same maths as ``xla``.
 
 Every implementation returns zeros at padding queries (segment id 0), as the reference does.
 
@@ -37,7 +39,7 @@ from latentlm_jax.parallel.logical import (
     target_platform,
 )
 
-IMPLEMENTATIONS = ("xla", "dot_product", "splash")
+IMPLEMENTATIONS = ("xla", "dot_product", "splash", "cpu_flash")
 _NEG_INF = -1e30  # large finite negative: fully-masked rows stay NaN-free
 _SPLASH_BLOCKS = (512, 256, 128)  # tile sizes tried, largest first; 128 = the TPU lane width
 # xla on CPU: causal block skipping in at most this many query blocks of at least this many rows
@@ -84,6 +86,9 @@ def self_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Ar
     segment_ids [B, L], 0 = padding (attends to nothing, output 0). Returns [B, L, H, D]."""
     if implementation == "splash":
         out = splash_attention(q, k, v, segment_ids)
+        return constrain(out, ("batch", "length", "act_heads", "head_dim"))
+    if implementation == "cpu_flash":
+        out = cpu_flash_attention(q, k, v, segment_ids)
         return constrain(out, ("batch", "length", "act_heads", "head_dim"))
     if implementation not in IMPLEMENTATIONS:
         raise ConfigError("model.attention", f"must be one of {', '.join(IMPLEMENTATIONS)}; "
@@ -133,9 +138,10 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     """Attention of a chunk q [B, T, H, D] over a KV cache k, v [B, S, K, D] with an explicit
     boolean mask [B, 1, T, S] (decoding). ``xla`` is the reference; ``dot_product`` and
     ``splash`` use :func:`jax.nn.dot_product_attention` (a chunk of T ≪ S queries has no [L, L]
-    matrix to avoid, and the splash kernel needs whole 128-row tiles). Queries that see no key
+    matrix to avoid, and the splash kernel needs whole 128-row tiles); ``cpu_flash`` decodes with
+    the reference (its kernel is for self-attention of whole sequences). Queries that see no key
     return 0, as in the reference."""
-    if implementation == "xla":
+    if implementation in ("xla", "cpu_flash"):
         return dot_product_attention(q, k, v, mask)
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=None)
     seen = jnp.any(mask, axis=(1, 3))  # [B, T]
@@ -258,3 +264,50 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array,
         )(kernel, q, k, v, segment_ids, segment_ids)
     return _zero_padding(jnp.swapaxes(out, 1, 2), segment_ids)
 
+
+
+# --- cpu_flash (XLA:CPU) --------------------------------------------------------------------
+
+def cpu_flash_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                        segment_ids: jax.Array) -> jax.Array:
+    """:func:`self_attention` by the fused C++ kernel of :mod:`latentlm_jax.kernels.cpu_attention`
+    (CPU only); shapes as there. Under a mesh it runs per device in ``shard_map``: batch and heads
+    may be sharded, the length may not."""
+    from latentlm_jax.kernels import cpu_attention
+
+    platform = target_platform()
+    if platform != "cpu":
+        raise ConfigError("model.attention", f"'cpu_flash' runs only on CPU, not on {platform}; "
+                                             f"use 'splash' (TPU), 'dot_product' or 'xla'")
+    why = cpu_attention.check_shapes(q.shape, k.shape)
+    if why:
+        raise ConfigError("model.attention", f"'cpu_flash': {why}")
+    try:
+        cpu_attention.prepare()
+    except cpu_attention.KernelBuildError as e:
+        raise ConfigError("model.attention", str(e)) from e
+    ctx = current_rules()
+    if ctx is None or ctx[0].size == 1:
+        return cpu_attention.attention(q, k, v, segment_ids)
+    mesh, rules = ctx
+    names = mesh.axis_names
+    q_spec = logical_to_mesh_spec(("batch", "length", "act_heads", "head_dim"), rules, names)
+    q_spec = PartitionSpec(*q_spec, *([None] * (4 - len(q_spec))))
+    kv_spec = logical_to_mesh_spec(("batch", "length", "act_kv_heads", "head_dim"), rules, names)
+    kv_spec = PartitionSpec(*kv_spec, *([None] * (4 - len(kv_spec))))
+    if any(math.prod(mesh.shape[a] for a in _axes(s[1])) > 1 for s in (q_spec, kv_spec)):
+        raise ConfigError("model.attention", "'cpu_flash' needs whole sequences on every device "
+                                             "(no context parallelism); use 'xla'")
+    q_heads = math.prod(mesh.shape[a] for a in _axes(q_spec[2]))
+    kv_heads = math.prod(mesh.shape[a] for a in _axes(kv_spec[2]))
+    if q_spec[2] != kv_spec[2] and kv_heads > 1:
+        raise ConfigError("model.attention", "'cpu_flash': query and KV heads must be sharded "
+                                             "over the same mesh axes")
+    if q_heads > 1 and kv_heads == 1:
+        k, v = (jnp.repeat(x, q.shape[2] // k.shape[2], axis=2) for x in (k, v))
+        kv_spec = PartitionSpec(kv_spec[0], None, q_spec[2], None)
+    q_spec = PartitionSpec(q_spec[0], None, q_spec[2], None)
+    kv_spec = PartitionSpec(kv_spec[0], None, kv_spec[2], None)
+    return jax.shard_map(cpu_attention.attention, mesh=mesh,
+                         in_specs=(q_spec, kv_spec, kv_spec, PartitionSpec(q_spec[0], None)),
+                         out_specs=q_spec, check_vma=False)(q, k, v, segment_ids)

@@ -70,6 +70,9 @@ def check_context(config: mlc.ConfigDict, context: int) -> None:
     if seq_len % context:
         raise ConfigError("data.seq_len", f"{seq_len} does not split over context={context} "
                                           f"(mesh.ici.context × mesh.dcn.context)")
+    if config.model.attention == "cpu_flash" and context > 1:
+        raise ConfigError("model.attention", f"'cpu_flash' needs whole sequences on every "
+                                             f"device; context={context} splits them (use 'xla')")
     if config.model.attention == "splash" and (seq_len // context) % 128:
         raise ConfigError("data.seq_len", f"splash attention needs seq_len / context "
                                           f"({seq_len} / {context}) to be a multiple of 128")

@@ -135,13 +135,15 @@ def inference_devices(spec: str | int) -> list:
 
 
 # Attention kernels that exist only on some platforms, and what runs in their place elsewhere.
-PLATFORM_ATTENTION = {"splash": (("tpu",), "dot_product")}
+PLATFORM_ATTENTION = {"splash": (("tpu",), "dot_product"),
+                      "cpu_flash": (("cpu",), "dot_product")}
 
 
 def runnable_config(config: mlc.ConfigDict, platform: str) -> mlc.ConfigDict:
     """``config``, or a copy of it whose ``model.attention`` exists on ``platform`` (splash →
-    dot_product off TPU: an inference-time choice of kernel with the same weights and
-    mathematics, announced on stderr). Training keeps the strict error."""
+    dot_product off TPU, cpu_flash → dot_product off CPU: an inference-time choice of kernel
+    with the same weights and mathematics, announced on stderr). Training keeps the strict
+    error."""
     used = config.model.attention
     if used not in PLATFORM_ATTENTION or platform in PLATFORM_ATTENTION[used][0]:
         return config
