@@ -38,6 +38,10 @@ def get_config():
     # Unrolled layers, as the authors' code: on this size XLA:CPU runs them 1.6% faster than a
     # layer scan (no per-layer residual stacking); compile takes longer. docs/benchmarks.md.
     m.scan_layers = False
+    # The fused attention kernel for XLA:CPU (docs/attention.md): on this config −8 to −10% per
+    # float32 step against the "xla" attention (docs/benchmarks.md, profile finding 22). A CPU
+    # benchmark: on an accelerator pass --config.model.attention=dot_product (or splash).
+    m.attention = "cpu_flash"
 
     c.data.source = "synthetic"
     c.data.seq_len = 256
