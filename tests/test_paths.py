@@ -92,6 +92,10 @@ ALLOWED = {
     # reads the kernel's huge-page setting and the virtio devices' features in /sys, and checks
     # that an allocator library named in LATENTLM_HOST_MALLOC exists (local: for LD_PRELOAD)
     "latentlm_jax/host_malloc.py": {"open", "os.listdir", "os.path.isfile"},
+    # the compiled kernel's cache: a shared library is loaded from the local disk (ctypes/dlopen),
+    # built into a temporary file and renamed; /proc/cpuinfo keys it to the CPU
+    "latentlm_jax/kernels/cpu_attention.py": {"open", "os.replace", "os.path.exists",
+                                              "os.unlink"},
     "latentlm_jax/data/sources.py": {"os.open"},  # the local branch of TextFileSource (pread)
     "latentlm_jax/demo/generation.py": {"np.load", "np.savez_compressed"},  # on paths.open_file
     "latentlm_jax/image_metrics/npz.py": {"np.load", "np.savez"},  # on paths.open_file
