@@ -3,7 +3,6 @@ against the ``xla`` reference — outputs and gradients, packed documents, paddi
 that are no multiple of the kernel's blocks, 16-bit inputs, the model end to end, sharded over a
 mesh, decoding — and its build cache and one-line errors."""
 
-import functools
 import os
 
 import jax
@@ -21,20 +20,15 @@ from latentlm_jax.models import attention as A
 from latentlm_jax.parallel.logical import activation_rules
 from latentlm_jax.parallel.mesh_check import check_context
 from tests.helpers import tiny_model
-from tests.test_attention import _decode, _loss_and_grads, _text_batch, packed_segments
+from tests.test_attention import (
+    _attend,
+    _decode,
+    _loss_and_grads,
+    _text_batch,
+    packed_segments,
+)
 
 TOL = {jnp.float32: 2e-5, jnp.bfloat16: 6e-2}
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _attend(impl, q, k, v, seg, cotangent):
-    """Output and the gradients of <output, cotangent> w.r.t. q, k, v."""
-    def f(q, k, v):
-        out = A.self_attention(q, k, v, seg, impl)
-        return jnp.sum(out.astype(jnp.float32) * cotangent), out
-
-    grads, out = jax.grad(f, argnums=(0, 1, 2), has_aux=True)(q, k, v)
-    return out, grads
 
 
 def _inputs(b, length, h, kh, d, dtype, seg=None, seed=0):

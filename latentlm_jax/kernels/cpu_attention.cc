@@ -396,28 +396,33 @@ ffi::Error backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
 
 }  // namespace
 
+// Both directions take the thread pool, q, k, v and the segment ids first.
+namespace {
+using F32Buffer = ffi::Buffer<ffi::F32>;
+auto bind_q_k_v_segments() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<F32Buffer>()
+      .Arg<F32Buffer>()
+      .Arg<F32Buffer>()
+      .Arg<ffi::Buffer<ffi::S32>>();
+}
+}  // namespace
+
+// Forward: → o, lse.
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LatentlmCpuAttentionForward, forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
+                              bind_q_k_v_segments()
+                                  .Ret<F32Buffer>()
+                                  .Ret<F32Buffer>()
                                   .Attr<float>("scale"));
 
+// Backward: o, lse, do → dq, dk, dv.
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LatentlmCpuAttentionBackward, backward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
+                              bind_q_k_v_segments()
+                                  .Arg<F32Buffer>()
+                                  .Arg<F32Buffer>()
+                                  .Arg<F32Buffer>()
+                                  .Ret<F32Buffer>()
+                                  .Ret<F32Buffer>()
+                                  .Ret<F32Buffer>()
                                   .Attr<float>("scale"));
