@@ -112,13 +112,10 @@ def build(environ: dict | None = None) -> Path:
     return target
 
 
-def prepare() -> None:
-    """Builds (first time) and registers the kernel; raises KernelBuildError with one line."""
-    _register()
-
-
 @functools.cache
-def _register() -> None:
+def prepare() -> None:
+    """Builds (first time) and registers the kernel, once per process; raises KernelBuildError
+    with one line."""
     lib = ctypes.cdll.LoadLibrary(str(build()))
     for name, symbol in ((FORWARD, lib.LatentlmCpuAttentionForward),
                          (BACKWARD, lib.LatentlmCpuAttentionBackward)):
@@ -173,7 +170,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array) 
     why = check_shapes(q.shape, k.shape)
     if why:
         raise ValueError(f"cpu_flash attention: {why}")
-    _register()
+    prepare()
     f32 = jnp.float32
     out = _attention(q.astype(f32), k.astype(f32), v.astype(f32), segment_ids.astype(jnp.int32),
                      1.0 / float(q.shape[-1]) ** 0.5)

@@ -265,7 +265,6 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     return _zero_padding(jnp.swapaxes(out, 1, 2), segment_ids)
 
 
-
 # --- cpu_flash (XLA:CPU) --------------------------------------------------------------------
 
 def cpu_flash_attention(q: jax.Array, k: jax.Array, v: jax.Array,
