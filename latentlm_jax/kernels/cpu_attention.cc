@@ -65,8 +65,8 @@ inline float hmax(vf v) {
 
 // exp(x) for x ≤ 0 (scores minus their row max or lse), vectorised: 2^(x·log2 e) = 2^n · 2^f
 // with n = floor(t + 1/2), |f| ≤ 1/2, 2^f by its degree-6 Taylor polynomial (relative error
-// ~1e-7). x is clamped at −87 (e^−87 ≈ 1.6e−38, the smallest normal float's order): masked
-// entries are then zeroed by their mask factor.
+// ~1e-7). x is clamped at −87 (e^−87 ≈ 1.6e−38, the smallest normal float's order); the callers
+// select 0 for masked entries.
 inline vf exp_neg(vf x) {
   x = x < splat(-87.0f) ? splat(-87.0f) : x;
   const vf t = x * 1.44269504088896341f + splat(0.5f);
@@ -161,6 +161,17 @@ struct Dims {
   float scale;
   int64_t group() const { return heads / kv_heads; }
 };
+
+// The sizes of q [B, L, H, D] and k, v [B, L, K, D], or false when they are not self-attention
+// shapes with H % K == 0 (the Python side checks first; this guards the raw pointers).
+bool dims_of(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F32>& k, float scale,
+             Dims& d) {
+  const auto qd = q.dimensions(), kd = k.dimensions();
+  if (qd.size() != 4 || kd.size() != 4 || qd[2] % kd[2] != 0 || qd[1] != kd[1]) return false;
+  d = Dims{qd[0], qd[1], qd[2], kd[2], qd[3], scale};
+  return true;
+}
+constexpr const char* kShapeError = "cpu attention: q [B, L, H, D], k, v [B, L, K, D]";
 
 // Lanes j .. j+15 of query `row`'s visible keys: j ≤ row and the row's own segment (the caller
 // has checked that the row is not padding, segment 0).
@@ -273,10 +284,8 @@ void forward_item(const Dims& d, const float* q, const float* k, const float* v,
 ffi::Error forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                    ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> seg,
                    ffi::ResultBuffer<ffi::F32> o, ffi::ResultBuffer<ffi::F32> lse, float scale) {
-  const auto qd = q.dimensions(), kd = k.dimensions();
-  if (qd.size() != 4 || kd.size() != 4 || qd[2] % kd[2] != 0 || qd[1] != kd[1])
-    return ffi::Error::InvalidArgument("cpu attention: q [B, L, H, D], k, v [B, L, K, D]");
-  const Dims d{qd[0], qd[1], qd[2], kd[2], qd[3], scale};
+  Dims d;
+  if (!dims_of(q, k, scale, d)) return ffi::Error::InvalidArgument(kShapeError);
   const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
   const int32_t* sp = seg.typed_data();
   float *op = o->typed_data(), *lp = lse->typed_data();
@@ -325,14 +334,8 @@ void backward_item(const Dims& d, const float* q, const float* k, const float* v
       float* dp = w.dp.data();
       matmul<false>(rows, end, D, qb + r0 * q_ld, q_ld, w.kt.data(), L, s, lds);
       matmul<false>(rows, end, D, dob + r0 * q_ld, q_ld, w.vt.data(), L, dp, lds);
+      const int64_t vd = D - D % kLanes;
       for (int64_t r = 0; r < rows; ++r) {
-        const float* orow = ob + (r0 + r) * q_ld;
-        const float* dorow = dob + (r0 + r) * q_ld;
-        const int64_t vd = D - D % kLanes;
-        vf vdot = splat(0.0f);
-        for (int64_t c = 0; c < vd; c += kLanes) vdot += load(orow + c) * load(dorow + c);
-        float delta = hsum(vdot);
-        for (int64_t c = vd; c < D; ++c) delta += orow[c] * dorow[c];
         const int64_t row = r0 + r;
         const int32_t row_seg = sb[row];
         float* srow = s + r * lds;
@@ -342,6 +345,12 @@ void backward_item(const Dims& d, const float* q, const float* k, const float* v
           std::fill(dprow, dprow + end, 0.0f);
           continue;
         }
+        const float* orow = ob + row * q_ld;
+        const float* dorow = dob + row * q_ld;
+        vf vdot = splat(0.0f);
+        for (int64_t c = 0; c < vd; c += kLanes) vdot += load(orow + c) * load(dorow + c);
+        float delta = hsum(vdot);
+        for (int64_t c = vd; c < D; ++c) delta += orow[c] * dorow[c];
         const float l = lb[row];
         const int64_t vend = end - end % kLanes;
         const vf vscale = splat(d.scale), vl = splat(l), vdelta = splat(delta);
@@ -377,10 +386,8 @@ ffi::Error backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
                     ffi::Buffer<ffi::F32> dout, ffi::ResultBuffer<ffi::F32> dq,
                     ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> dv,
                     float scale) {
-  const auto qd = q.dimensions(), kd = k.dimensions();
-  if (qd.size() != 4 || kd.size() != 4 || qd[2] % kd[2] != 0 || qd[1] != kd[1])
-    return ffi::Error::InvalidArgument("cpu attention: q [B, L, H, D], k, v [B, L, K, D]");
-  const Dims d{qd[0], qd[1], qd[2], kd[2], qd[3], scale};
+  Dims d;
+  if (!dims_of(q, k, scale, d)) return ffi::Error::InvalidArgument(kShapeError);
   const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
   const float *op = o.typed_data(), *lp = lse.typed_data(), *dop = dout.typed_data();
   const int32_t* sp = seg.typed_data();
